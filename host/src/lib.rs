@@ -1,0 +1,17 @@
+//! # plover-host
+//!
+//! Plover runs database, config and data migrations as sandboxed WebAssembly components.
+//! Each *handler* implements the `plover:migration` WIT contract (`wit/` at the repository
+//! root); this crate loads handlers, sandboxes them and drives their lifecycle.
+//!
+//! Modules, by concern:
+//! - [`model`]: the host's data model (specs, plans, results, errors), independent of any
+//!   contract version.
+//! - [`runtime`]: the wasmtime engine, loading, sandbox, host imports, typed plugin errors.
+//! - [`connectors`]: what a job may reach (key-value buckets), granted per job.
+//! - [`testing`]: run a handler in-process over in-memory buckets, for plugin authors.
+
+pub mod connectors;
+pub mod model;
+pub mod runtime;
+pub mod testing;

@@ -1,0 +1,180 @@
+//! The host's own data model of migrations: specs, plans, findings, object results, errors.
+//!
+//! These types are what the engine stores and the API serves. They do not depend on any
+//! contract version: each `runtime::contract::vX_Y` module converts to and from them, so a
+//! new contract version changes one adapter, not the engine or the stored data.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValidationLevel {
+    Basic,
+    #[default]
+    Full,
+    Strict,
+}
+
+/// Options a handler sees. The engine has more (retries, approval); those never reach a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrationOptions {
+    pub dry_run: bool,
+    pub validation_level: ValidationLevel,
+    pub batch_size: u32,
+}
+
+impl Default for MigrationOptions {
+    fn default() -> Self {
+        MigrationOptions {
+            dry_run: false,
+            validation_level: ValidationLevel::Full,
+            batch_size: 500,
+        }
+    }
+}
+
+/// What a handler is told about its job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationSpec {
+    pub id: String,
+    pub kind: String,
+    /// Handler parameters: a JSON object.
+    pub parameters: serde_json::Value,
+    pub source: serde_json::Value,
+    pub target: serde_json::Value,
+    /// Binding names granted to the job.
+    pub bindings: Vec<String>,
+    pub options: MigrationOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Preparation,
+    Validation,
+    Backup,
+    Migration,
+    Verification,
+    Cleanup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub id: String,
+    pub kind: StepKind,
+    pub description: String,
+    pub depends_on: Vec<String>,
+    pub expected_objects: Option<u64>,
+    pub reversible: bool,
+    pub resumable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub steps: Vec<PlanStep>,
+    pub risk: RiskLevel,
+    pub risk_notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub code: String,
+    pub message: String,
+    pub step: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ValidationReport {
+    pub findings: Vec<Finding>,
+}
+
+impl ValidationReport {
+    /// Whether the dry run passed at `level`: no errors, and at `strict` no warnings either.
+    pub fn passed(&self, level: ValidationLevel) -> bool {
+        let worst_allowed = match level {
+            ValidationLevel::Strict => Severity::Info,
+            _ => Severity::Warning,
+        };
+        self.findings.iter().all(|f| f.severity <= worst_allowed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectStatus {
+    Success,
+    Error,
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectResult {
+    pub name: String,
+    pub object_type: String,
+    pub status: ObjectStatus,
+    pub error: Option<String>,
+    pub duration_micros: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepReport {
+    pub summary: String,
+}
+
+/// The error taxonomy handlers and the engine share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    InvalidSpec,
+    ValidationFailed,
+    StepFailed,
+    DependencyUnavailable,
+    DataCorruption,
+    Timeout,
+    Cancelled,
+    InsufficientResources,
+}
+
+/// An error a handler returned (as opposed to a sandbox failure, see `runtime::PluginError`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct MigrationError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub kinds: Vec<String>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}

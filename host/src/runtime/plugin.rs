@@ -1,0 +1,348 @@
+//! A loaded plugin and the lifecycle calls on it. Every call gets a fresh `Store` from the
+//! plugin's `InstancePre`, so nothing a call does (or breaks) survives into the next one.
+
+use super::contract::v0_1::{self, HandlerPlugin, HandlerPluginPre};
+use super::error::{Call, PluginError, PluginFailure};
+use super::events::{ForceStop, JobEvents};
+use super::host_imports::{Access, CallState, JobScope};
+use super::sandbox::{CallLimiter, GuestStderr, SandboxLimits, wasi_context};
+use crate::connectors::Grants;
+use crate::model;
+use semver::Version;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+/// A plugin ready to run: compiled, linked, described.
+pub struct LoadedPlugin {
+    pub(crate) info: model::PluginInfo,
+    pub(crate) version: Version,
+    pub(crate) sha256: String,
+    pub(crate) contract: Version,
+    pub(crate) limits: SandboxLimits,
+    pub(crate) pre: HandlerPluginPre<CallState>,
+    pub(crate) engine: Engine,
+    pub(crate) fuel_metering: bool,
+}
+
+/// What one job hands a call: its grants, where events go, the step's last checkpoint and the
+/// force-stop flag.
+#[derive(Clone)]
+pub struct JobContext {
+    pub grants: Grants,
+    pub events: Arc<dyn JobEvents>,
+    pub checkpoint: Option<Vec<u8>>,
+    pub force_stop: ForceStop,
+}
+
+/// A plugin's public description, as the registry and the API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginSummary {
+    pub name: String,
+    pub version: String,
+    pub kinds: Vec<String>,
+    pub description: String,
+    pub sha256: String,
+    pub contract_version: String,
+    pub limits: SandboxLimits,
+}
+
+/// The result of a call that ran to its end: the handler's own answer, which may be an error.
+pub type HandlerResult<T> = Result<T, model::MigrationError>;
+
+/// Raised from the epoch callback; turned into [`PluginFailure::Deadline`] or `ForceStopped`.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("deadline reached")]
+    Deadline,
+    #[error("force-stopped")]
+    ForceStopped,
+}
+
+impl LoadedPlugin {
+    pub fn info(&self) -> &model::PluginInfo {
+        &self.info
+    }
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    pub fn contract_version(&self) -> &Version {
+        &self.contract
+    }
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+    /// `name@version`, the way errors and logs name a plugin.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.info.name, self.version)
+    }
+
+    pub fn summary(&self) -> PluginSummary {
+        PluginSummary {
+            name: self.info.name.clone(),
+            version: self.version.to_string(),
+            kinds: self.info.kinds.clone(),
+            description: self.info.description.clone(),
+            sha256: self.sha256.clone(),
+            contract_version: self.contract.to_string(),
+            limits: self.limits.clone(),
+        }
+    }
+
+    /// Ask the plugin to plan `spec`. Read-only.
+    pub fn plan(
+        &self,
+        job: &JobContext,
+        spec: &model::MigrationSpec,
+    ) -> Result<HandlerResult<model::Plan>, PluginError> {
+        let spec = v0_1::wit::MigrationSpec::from(spec);
+        self.call(Call::Plan, Some(job), Access::ReadOnly, |store, p| {
+            p.plover_migration_handler().call_plan(store, &spec)
+        })
+        .map(|r| r.map(Into::into).map_err(Into::into))
+    }
+
+    /// Dry-run `plan`. Read-only.
+    pub fn validate(
+        &self,
+        job: &JobContext,
+        spec: &model::MigrationSpec,
+        plan: &model::Plan,
+    ) -> Result<HandlerResult<model::ValidationReport>, PluginError> {
+        let spec = v0_1::wit::MigrationSpec::from(spec);
+        let plan = v0_1::wit::MigrationPlan::from(plan);
+        self.call(Call::Validate, Some(job), Access::ReadOnly, |store, p| {
+            p.plover_migration_handler()
+                .call_validate(store, &spec, &plan)
+        })
+        .map(|r| r.map(Into::into).map_err(Into::into))
+    }
+
+    /// Run one step, continuing from `job.checkpoint`.
+    pub fn execute(
+        &self,
+        job: &JobContext,
+        spec: &model::MigrationSpec,
+        step: &model::PlanStep,
+    ) -> Result<HandlerResult<model::StepReport>, PluginError> {
+        let spec = v0_1::wit::MigrationSpec::from(spec);
+        let wit_step = v0_1::wit::PlanStep::from(step);
+        let checkpoint = job.checkpoint.clone();
+        self.call(
+            Call::Execute(step.id.clone()),
+            Some(job),
+            Access::ReadWrite,
+            |store, p| {
+                p.plover_migration_handler().call_execute(
+                    store,
+                    &spec,
+                    &wit_step,
+                    checkpoint.as_deref(),
+                )
+            },
+        )
+        .map(|r| r.map(Into::into).map_err(Into::into))
+    }
+
+    /// Undo one step.
+    pub fn rollback(
+        &self,
+        job: &JobContext,
+        spec: &model::MigrationSpec,
+        step: &model::PlanStep,
+    ) -> Result<HandlerResult<model::StepReport>, PluginError> {
+        let spec = v0_1::wit::MigrationSpec::from(spec);
+        let wit_step = v0_1::wit::PlanStep::from(step);
+        self.call(
+            Call::Rollback(step.id.clone()),
+            Some(job),
+            Access::ReadWrite,
+            |store, p| {
+                p.plover_migration_handler()
+                    .call_rollback(store, &spec, &wit_step)
+            },
+        )
+        .map(|r| r.map(Into::into).map_err(Into::into))
+    }
+
+    /// Ask the plugin who it is (no job, no connectors).
+    pub(crate) fn describe_with(
+        pre: &HandlerPluginPre<CallState>,
+        engine: &Engine,
+        limits: &SandboxLimits,
+        fuel_metering: bool,
+        label: &str,
+    ) -> Result<model::PluginInfo, PluginError> {
+        run_call(
+            pre,
+            engine,
+            limits,
+            fuel_metering,
+            label,
+            Call::Describe,
+            None,
+            Access::ReadOnly,
+            |store, p| p.plover_migration_handler().call_describe(store),
+        )
+        .map(Into::into)
+    }
+
+    fn call<R>(
+        &self,
+        call: Call,
+        job: Option<&JobContext>,
+        access: Access,
+        f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        run_call(
+            &self.pre,
+            &self.engine,
+            &self.limits,
+            self.fuel_metering,
+            &self.label(),
+            call,
+            job,
+            access,
+            f,
+        )
+    }
+}
+
+/// Make a store, instantiate, call `f`, and turn whatever went wrong into a [`PluginError`].
+#[allow(clippy::too_many_arguments)]
+fn run_call<R>(
+    pre: &HandlerPluginPre<CallState>,
+    engine: &Engine,
+    limits: &SandboxLimits,
+    fuel_metering: bool,
+    label: &str,
+    call: Call,
+    job: Option<&JobContext>,
+    access: Access,
+    f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+) -> Result<R, PluginError> {
+    let fail = |cause| PluginError {
+        plugin: label.to_string(),
+        call: call.clone(),
+        cause,
+    };
+    let stderr = GuestStderr::default();
+    let state = CallState {
+        wasi: wasi_context(&stderr),
+        table: ResourceTable::new(),
+        limiter: CallLimiter::new(limits),
+        stderr,
+        access,
+        job: job.map(|j| JobScope {
+            grants: j.grants.clone(),
+            events: j.events.clone(),
+            checkpoint: j.checkpoint.clone(),
+            may_checkpoint: matches!(call, Call::Execute(_)),
+        }),
+        denied_writes: vec![],
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+
+    // The epoch ticks every few milliseconds; at each tick past the first this callback decides
+    // whether the call may go on. That gives both the wall-clock deadline and a force stop.
+    let deadline = Instant::now() + limits.call_timeout;
+    let force_stop = job.map(|j| j.force_stop.clone()).unwrap_or_default();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if force_stop.is_triggered() {
+            return Err(Interrupted::ForceStopped.into());
+        }
+        if Instant::now() >= deadline {
+            return Err(Interrupted::Deadline.into());
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    if fuel_metering {
+        store
+            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .map_err(|e| {
+                fail(PluginFailure::Instantiate {
+                    message: format!("{e:#}"),
+                })
+            })?;
+    }
+
+    let instance = match pre.instantiate(&mut store) {
+        Ok(i) => i,
+        Err(e) => {
+            let cause = classify(&e, &store, limits);
+            let cause = match cause {
+                PluginFailure::Trap { message, .. } => PluginFailure::Instantiate { message },
+                other => other,
+            };
+            return Err(fail(cause));
+        }
+    };
+    let outcome = f(&mut store, &instance);
+    let state = store.data();
+    if !state.denied_writes.is_empty() {
+        return Err(fail(PluginFailure::WriteDenied {
+            attempts: state.denied_writes.len(),
+            first: state.denied_writes[0].clone(),
+        }));
+    }
+    outcome.map_err(|e| fail(classify(&e, &store, limits)))
+}
+
+/// Name the cause of a failed call from the error and what the store saw.
+fn classify(
+    err: &wasmtime::Error,
+    store: &Store<CallState>,
+    limits: &SandboxLimits,
+) -> PluginFailure {
+    let state = store.data();
+    if let Some(i) = err.downcast_ref::<Interrupted>() {
+        return match i {
+            Interrupted::Deadline => PluginFailure::Deadline {
+                limit: limits.call_timeout,
+            },
+            Interrupted::ForceStopped => PluginFailure::ForceStopped,
+        };
+    }
+    let stderr = state.stderr.text();
+    let trap = err.downcast_ref::<Trap>();
+    match trap {
+        Some(Trap::StackOverflow) => return PluginFailure::StackOverflow,
+        Some(Trap::OutOfFuel) => {
+            return PluginFailure::OutOfFuel {
+                fuel: limits.fuel.unwrap_or(u64::MAX),
+            };
+        }
+        Some(Trap::Interrupt) => {
+            return PluginFailure::Deadline {
+                limit: limits.call_timeout,
+            };
+        }
+        _ => {}
+    }
+    if state.limiter.memory_denied {
+        return PluginFailure::OutOfMemory {
+            limit_bytes: limits.memory_bytes,
+            stderr,
+        };
+    }
+    if let Some(at) = stderr.find("panicked at") {
+        return PluginFailure::Panic {
+            message: stderr[at..].to_string(),
+        };
+    }
+    let message = match trap {
+        Some(t) => t.to_string(),
+        None => format!("{err:#}"),
+    };
+    PluginFailure::Trap { message, stderr }
+}

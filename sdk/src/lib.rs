@@ -1,0 +1,437 @@
+//! # plover-sdk: write Plover migration handlers in Rust
+//!
+//! A handler is a WebAssembly component that implements the `plover:migration@0.1.0`
+//! contract (see `wit/v0.1.0/` in the Plover repository). With this crate you implement one
+//! trait, [`Handler`], and call one macro, [`export_handler!`]; the SDK turns the contract's
+//! raw bindings into ordinary Rust: typed parameters through serde, `Result` with the
+//! contract's [`MigrationError`], and small helpers for logging, progress, object results,
+//! checkpoints and key-value buckets.
+//!
+//! Build the crate as a `cdylib` for the `wasm32-wasip2` target and hand the `.wasm` file to
+//! the Plover host.
+//!
+//! ## Example: a handler that upper-cases every value under a prefix
+//!
+//! ```no_run
+//! use plover_sdk::prelude::*;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Params {
+//!     prefix: String,
+//! }
+//!
+//! struct Upcase;
+//!
+//! impl Handler for Upcase {
+//!     fn describe() -> PluginInfo {
+//!         PluginInfo {
+//!             name: "upcase".into(),
+//!             version: "1.0.0".into(),
+//!             kinds: vec!["upcase".into()],
+//!             description: "Upper-cases values in place".into(),
+//!         }
+//!     }
+//!
+//!     fn plan(spec: MigrationSpec) -> Result<MigrationPlan, MigrationError> {
+//!         let params: Params = spec.params()?;
+//!         let total = Bucket::open("data")?.count(&params.prefix)?;
+//!         Ok(MigrationPlan::low_risk(vec![
+//!             PlanStep::new("upcase", StepKind::Migration, "Upper-case every value")
+//!                 .expecting(total)
+//!                 .resumable(),
+//!         ]))
+//!     }
+//!
+//!     fn validate(spec: MigrationSpec, _plan: MigrationPlan) -> Result<ValidationReport, MigrationError> {
+//!         let _: Params = spec.params()?;
+//!         Ok(ValidationReport { findings: vec![] })
+//!     }
+//!
+//!     fn execute(
+//!         spec: MigrationSpec,
+//!         _step: PlanStep,
+//!         checkpoint: Option<Vec<u8>>,
+//!     ) -> Result<StepReport, MigrationError> {
+//!         let params: Params = spec.params()?;
+//!         let bucket = Bucket::open("data")?;
+//!         let mut cursor = checkpoint.map(|c| String::from_utf8_lossy(&c).into_owned());
+//!         let mut done = 0;
+//!         loop {
+//!             let page = bucket.scan(&params.prefix, cursor.as_deref(), spec.options.batch_size)?;
+//!             let upper: Vec<(String, Vec<u8>)> = page
+//!                 .entries
+//!                 .into_iter()
+//!                 .map(|(k, v)| (k, v.to_ascii_uppercase()))
+//!                 .collect();
+//!             done += upper.len() as u64;
+//!             bucket.set_many(&upper)?;
+//!             cursor = page.next_cursor;
+//!             match &cursor {
+//!                 Some(c) => save_checkpoint(c.as_bytes()),
+//!                 None => break,
+//!             }
+//!             progress(done, None, None);
+//!         }
+//!         info!("upper-cased {done} values");
+//!         Ok(StepReport::new(format!("upper-cased {done} values")))
+//!     }
+//!
+//!     fn rollback(_spec: MigrationSpec, _step: PlanStep) -> Result<StepReport, MigrationError> {
+//!         Err(MigrationError::step_failed("upcase cannot be undone"))
+//!     }
+//! }
+//!
+//! plover_sdk::export_handler!(Upcase);
+//! ```
+//!
+//! ## Testing a handler
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`, then load the `.wasm` in a
+//! native test with `plover_host::testing::TestHarness`, which runs the real host runtime
+//! in-process over in-memory buckets (see the Plover README).
+
+/// The raw bindings generated from the contract. Prefer the re-exports at the crate root.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit/v0.1.0",
+        world: "handler-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_handler_plugin",
+        default_bindings_module: "plover_sdk::bindings",
+    });
+}
+
+use bindings::exports::plover::migration::handler::Guest;
+use bindings::plover::migration::job;
+
+pub use bindings::plover::migration::job::LogLevel;
+pub use bindings::plover::migration::kv::{Bucket, KvError, ScanPage};
+pub use bindings::plover::migration::types::{
+    ErrorKind, Finding, MigrationError, MigrationOptions, MigrationPlan, MigrationSpec,
+    ObjectResult, ObjectStatus, PlanStep, PluginInfo, RiskLevel, Severity, StepKind, StepReport,
+    ValidationLevel, ValidationReport,
+};
+
+/// Everything a handler usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::{
+        Bucket, ErrorKind, Finding, Handler, KvError, LogLevel, MigrationError, MigrationPlan,
+        MigrationSpec, ObjectResult, ObjectStatus, PlanStep, PluginInfo, RiskLevel, ScanPage,
+        Severity, SpecExt, StepKind, StepReport, ValidationLevel, ValidationReport, debug, error,
+        info, is_cancelled, load_checkpoint, log, progress, record_object, record_objects,
+        save_checkpoint, warn,
+    };
+}
+
+/// A migration handler. Implement it on a unit struct and export it with [`export_handler!`].
+///
+/// Every method receives owned values straight from the host. Return a [`MigrationError`] to
+/// fail the call: the host records it and decides (by its `retryable` flag and the job's
+/// options) whether to retry, roll back or stop.
+pub trait Handler {
+    /// Name, semver version, job kinds and a description.
+    fn describe() -> PluginInfo;
+    /// The steps for `spec`. Buckets are read-only here.
+    fn plan(spec: MigrationSpec) -> Result<MigrationPlan, MigrationError>;
+    /// A dry run of `plan`. Buckets are read-only here.
+    fn validate(
+        spec: MigrationSpec,
+        plan: MigrationPlan,
+    ) -> Result<ValidationReport, MigrationError>;
+    /// Run one step, continuing from `checkpoint` when the step was interrupted before.
+    fn execute(
+        spec: MigrationSpec,
+        step: PlanStep,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<StepReport, MigrationError>;
+    /// Undo one step.
+    fn rollback(spec: MigrationSpec, step: PlanStep) -> Result<StepReport, MigrationError>;
+}
+
+impl<T: Handler> Guest for T {
+    fn describe() -> PluginInfo {
+        T::describe()
+    }
+    fn plan(spec: MigrationSpec) -> Result<MigrationPlan, MigrationError> {
+        T::plan(spec)
+    }
+    fn validate(
+        spec: MigrationSpec,
+        plan: MigrationPlan,
+    ) -> Result<ValidationReport, MigrationError> {
+        T::validate(spec, plan)
+    }
+    fn execute(
+        spec: MigrationSpec,
+        step: PlanStep,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<StepReport, MigrationError> {
+        T::execute(spec, step, checkpoint)
+    }
+    fn rollback(spec: MigrationSpec, step: PlanStep) -> Result<StepReport, MigrationError> {
+        T::rollback(spec, step)
+    }
+}
+
+/// Export a [`Handler`] implementation as the component's `handler` interface.
+#[macro_export]
+macro_rules! export_handler {
+    ($handler:ident) => {
+        $crate::bindings::__export_handler_plugin!($handler with_types_in $crate::bindings);
+    };
+}
+
+/// Typed access to a spec's JSON fields.
+pub trait SpecExt {
+    /// Parse `parameters` into `T`. A malformed document becomes an `invalid-spec` error that
+    /// says what was wrong.
+    fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, MigrationError>;
+    /// Whether the job granted a binding of this name.
+    fn has_binding(&self, name: &str) -> bool;
+    /// Fail with `invalid-spec` unless every name in `names` was granted.
+    fn require_bindings(&self, names: &[&str]) -> Result<(), MigrationError>;
+}
+
+impl SpecExt for MigrationSpec {
+    fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, MigrationError> {
+        let text = if self.parameters.trim().is_empty() {
+            "{}"
+        } else {
+            &self.parameters
+        };
+        serde_json::from_str(text)
+            .map_err(|e| MigrationError::invalid_spec(format!("parameters: {e}")))
+    }
+
+    fn has_binding(&self, name: &str) -> bool {
+        self.bindings.iter().any(|b| b == name)
+    }
+
+    fn require_bindings(&self, names: &[&str]) -> Result<(), MigrationError> {
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.has_binding(n))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(MigrationError::invalid_spec(format!(
+                "this handler needs the binding(s) {} but the job did not grant them",
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
+impl MigrationError {
+    /// An error of `kind` that is not worth retrying.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        MigrationError {
+            kind,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+    pub fn invalid_spec(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidSpec, message)
+    }
+    pub fn validation_failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ValidationFailed, message)
+    }
+    pub fn step_failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::StepFailed, message)
+    }
+    pub fn data_corruption(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::DataCorruption, message)
+    }
+    pub fn cancelled() -> Self {
+        Self::new(ErrorKind::Cancelled, "the job was cancelled")
+    }
+    /// Mark the error as worth retrying (from the step's checkpoint).
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
+    }
+}
+
+/// Lets `?` turn a bucket error into the contract's error: a missing grant is the spec's
+/// fault, a backend failure is a dependency that may come back, the rest fail the step.
+impl From<KvError> for MigrationError {
+    fn from(e: KvError) -> Self {
+        let message = match &e {
+            KvError::NotGranted(m) => format!("binding not granted: {m}"),
+            KvError::ReadOnly(m) => format!("write refused during a read-only call: {m}"),
+            KvError::InvalidArgument(m) => format!("invalid argument: {m}"),
+            KvError::Backend(m) => format!("backend error: {m}"),
+        };
+        match e {
+            KvError::NotGranted(_) => MigrationError::invalid_spec(message),
+            KvError::Backend(_) => {
+                MigrationError::new(ErrorKind::DependencyUnavailable, message).retryable()
+            }
+            KvError::ReadOnly(_) | KvError::InvalidArgument(_) => {
+                MigrationError::step_failed(message)
+            }
+        }
+    }
+}
+
+impl MigrationPlan {
+    /// A plan with `steps` and low risk.
+    pub fn low_risk(steps: Vec<PlanStep>) -> Self {
+        MigrationPlan {
+            steps,
+            risk: RiskLevel::Low,
+            risk_notes: vec![],
+        }
+    }
+    /// Set the risk level and a reason.
+    pub fn with_risk(mut self, risk: RiskLevel, note: impl Into<String>) -> Self {
+        self.risk = risk;
+        self.risk_notes.push(note.into());
+        self
+    }
+}
+
+impl PlanStep {
+    /// A step with no dependencies, not reversible, not resumable; refine with the builders.
+    pub fn new(id: impl Into<String>, kind: StepKind, description: impl Into<String>) -> Self {
+        PlanStep {
+            id: id.into(),
+            kind,
+            description: description.into(),
+            depends_on: vec![],
+            expected_objects: None,
+            reversible: false,
+            resumable: false,
+        }
+    }
+    /// Run after the steps `ids`.
+    pub fn after(mut self, ids: &[&str]) -> Self {
+        self.depends_on.extend(ids.iter().map(|s| s.to_string()));
+        self
+    }
+    pub fn expecting(mut self, objects: u64) -> Self {
+        self.expected_objects = Some(objects);
+        self
+    }
+    pub fn reversible(mut self) -> Self {
+        self.reversible = true;
+        self
+    }
+    pub fn resumable(mut self) -> Self {
+        self.resumable = true;
+        self
+    }
+}
+
+impl StepReport {
+    pub fn new(summary: impl Into<String>) -> Self {
+        StepReport {
+            summary: summary.into(),
+        }
+    }
+}
+
+impl Finding {
+    pub fn new(severity: Severity, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Finding {
+            severity,
+            code: code.into(),
+            message: message.into(),
+            step: None,
+        }
+    }
+    pub fn for_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
+        self
+    }
+}
+
+impl ObjectResult {
+    pub fn success(name: impl Into<String>, object_type: &str, duration_micros: u64) -> Self {
+        ObjectResult {
+            name: name.into(),
+            object_type: object_type.into(),
+            status: ObjectStatus::Success,
+            error: None,
+            duration_micros,
+        }
+    }
+    pub fn failed(name: impl Into<String>, object_type: &str, error: impl Into<String>) -> Self {
+        ObjectResult {
+            name: name.into(),
+            object_type: object_type.into(),
+            status: ObjectStatus::Error,
+            error: Some(error.into()),
+            duration_micros: 0,
+        }
+    }
+    pub fn skipped(name: impl Into<String>, object_type: &str, reason: impl Into<String>) -> Self {
+        ObjectResult {
+            name: name.into(),
+            object_type: object_type.into(),
+            status: ObjectStatus::Skipped,
+            error: Some(reason.into()),
+            duration_micros: 0,
+        }
+    }
+}
+
+/// Append a line to the job's log.
+pub fn log(level: LogLevel, message: &str) {
+    job::log(level, message)
+}
+
+/// Report progress of the current step.
+pub fn progress(done: u64, total: Option<u64>, current_object: Option<&str>) {
+    job::report_progress(done, total, current_object)
+}
+
+/// Record one object's outcome; committed with the next checkpoint.
+pub fn record_object(result: &ObjectResult) {
+    job::record_object(result)
+}
+
+/// Record a batch of object outcomes in one host call.
+pub fn record_objects(results: &[ObjectResult]) {
+    job::record_objects(results)
+}
+
+/// Whether the operator asked the job to stop.
+pub fn is_cancelled() -> bool {
+    job::is_cancelled()
+}
+
+/// Save the current step's checkpoint (only during `execute`).
+pub fn save_checkpoint(data: &[u8]) {
+    job::save_checkpoint(data)
+}
+
+/// The last checkpoint saved for the current step.
+pub fn load_checkpoint() -> Option<Vec<u8>> {
+    job::load_checkpoint()
+}
+
+/// `info!("copied {n} keys")`: log at info level with `format!` syntax.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Info, &format!($($arg)*)) };
+}
+/// Log at warning level with `format!` syntax.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Warning, &format!($($arg)*)) };
+}
+/// Log at error level with `format!` syntax.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Error, &format!($($arg)*)) };
+}
+/// Log at debug level with `format!` syntax.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Debug, &format!($($arg)*)) };
+}
