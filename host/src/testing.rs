@@ -101,6 +101,8 @@ pub struct TestHarness {
     pub runtime: Arc<Runtime>,
     pub plugin: Arc<LoadedPlugin>,
     buckets: BTreeMap<String, Arc<MemoryBucket>>,
+    /// Buckets of other backends (e.g. sled) granted with [`TestHarness::grant`].
+    granted: BTreeMap<String, Arc<dyn KvBucket>>,
     pub job_state: Arc<MemoryBucket>,
     pub events: Arc<RecordingEvents>,
     pub force_stop: ForceStop,
@@ -125,6 +127,7 @@ impl TestHarness {
             runtime,
             plugin,
             buckets: BTreeMap::new(),
+            granted: BTreeMap::new(),
             job_state: Arc::new(MemoryBucket::new()),
             events: Arc::new(RecordingEvents::default()),
             force_stop: ForceStop::new(),
@@ -139,6 +142,19 @@ impl TestHarness {
             .clone()
     }
 
+    /// Grant a bucket of any backend as `binding`.
+    pub fn grant(&mut self, binding: &str, bucket: Arc<dyn KvBucket>) {
+        self.granted.insert(binding.to_string(), bucket);
+    }
+
+    /// The contents of the bucket granted as `binding` (empty if there is none).
+    pub fn bucket_snapshot(&self, binding: &str) -> BTreeMap<String, Vec<u8>> {
+        self.buckets
+            .get(binding)
+            .map(|b| b.snapshot())
+            .unwrap_or_default()
+    }
+
     /// A spec of `kind` with `parameters`, granting every bucket made so far.
     pub fn spec(&self, kind: &str, parameters: serde_json::Value) -> MigrationSpec {
         MigrationSpec {
@@ -147,7 +163,12 @@ impl TestHarness {
             parameters,
             source: serde_json::json!({}),
             target: serde_json::json!({}),
-            bindings: self.buckets.keys().cloned().collect(),
+            bindings: self
+                .buckets
+                .keys()
+                .chain(self.granted.keys())
+                .cloned()
+                .collect(),
             options: MigrationOptions::default(),
         }
     }
@@ -157,6 +178,9 @@ impl TestHarness {
         let mut grants = Grants::new(self.job_state.clone() as Arc<dyn KvBucket>);
         for (name, bucket) in &self.buckets {
             grants = grants.with_kv(name.clone(), bucket.clone() as Arc<dyn KvBucket>);
+        }
+        for (name, bucket) in &self.granted {
+            grants = grants.with_kv(name.clone(), bucket.clone());
         }
         JobContext {
             grants,
@@ -178,8 +202,7 @@ impl TestHarness {
         Ok(self.plugin.validate(&self.context(None), spec, plan)??)
     }
 
-    /// Execute `step`, resuming from the last checkpoint this harness recorded for it when
-    /// `resume` is true.
+    /// Execute `step`, continuing from `checkpoint` (the step's last one) when given.
     pub fn execute(
         &self,
         spec: &MigrationSpec,

@@ -61,10 +61,12 @@ impl ArtifactCache {
         sha256: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let path = self.path_for(sha256);
-        if path.exists() {
+        // Read into memory rather than map the file: a mapping would turn anything that later
+        // truncates the file into a SIGBUS inside the host.
+        if let Ok(artifact) = std::fs::read(&path) {
             // SAFETY: the file was written by `precompile_component` of an engine with the same
             // compatibility hash, into a directory only the host writes (see module docs).
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(c) => return Ok((c, CacheOutcome::Hit)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached plugin")

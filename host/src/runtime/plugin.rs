@@ -61,6 +61,15 @@ enum Interrupted {
     ForceStopped,
 }
 
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("plugin", &self.label())
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
 impl LoadedPlugin {
     pub fn info(&self) -> &model::PluginInfo {
         &self.info
