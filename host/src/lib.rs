@@ -9,9 +9,14 @@
 //!   contract version.
 //! - [`runtime`]: the wasmtime engine, loading, sandbox, host imports, typed plugin errors.
 //! - [`connectors`]: what a job may reach (key-value buckets), granted per job.
+//! - [`engine`]: the migration lifecycle: plan, dry run, gates, step DAG, retries, cancel,
+//!   pause, rollback, crash recovery.
+//! - [`store`]: durable job state (sled), behind a small trait.
 //! - [`testing`]: run a handler in-process over in-memory buckets, for plugin authors.
 
 pub mod connectors;
+pub mod engine;
 pub mod model;
 pub mod runtime;
+pub mod store;
 pub mod testing;

@@ -29,13 +29,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// One `report-progress` call: done, total, current object.
+pub type ProgressReport = (u64, Option<u64>, Option<String>);
+
 /// Keeps every event a plugin reports, for assertions.
 #[derive(Default)]
 pub struct RecordingEvents {
     pub logs: Mutex<Vec<(LogLevel, String)>>,
     pub objects: Mutex<Vec<ObjectResult>>,
     pub checkpoints: Mutex<Vec<Vec<u8>>>,
-    pub progress: Mutex<Vec<(u64, Option<u64>, Option<String>)>>,
+    pub progress: Mutex<Vec<ProgressReport>>,
     cancelled: AtomicBool,
 }
 
@@ -187,6 +190,7 @@ impl TestHarness {
             events: self.events.clone(),
             checkpoint,
             force_stop: self.force_stop.clone(),
+            call_timeout: None,
         }
     }
 

@@ -80,6 +80,45 @@ fn endless_loop_hits_the_deadline() {
 }
 
 #[test]
+fn sleeping_in_a_host_call_still_hits_the_deadline() {
+    let started = Instant::now();
+    let err = plan_error("sleep");
+    assert_eq!(
+        err.cause,
+        PluginFailure::Deadline {
+            limit: Duration::from_millis(300)
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn force_stop_interrupts_a_sleeping_plugin() {
+    let mut limits = tight_limits();
+    limits.call_timeout = Duration::from_secs(120);
+    let h = TestHarness::load_in(runtime(), artifacts::MISBEHAVE, limits).unwrap();
+    let spec = h.spec("misbehave", json!({ "mode": "sleep" }));
+    let stop = h.force_stop.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        stop.trigger();
+    });
+    let started = Instant::now();
+    let err = h.plugin.plan(&h.context(None), &spec).unwrap_err();
+    stopper.join().unwrap();
+    assert_eq!(err.cause, PluginFailure::ForceStopped);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn memory_bomb_runs_out_of_memory_at_the_cap() {
     let err = plan_error("memory-bomb");
     match &err.cause {

@@ -4,9 +4,11 @@
 //! Invariant: a plugin reaches a backend only through a [`Grants`] value built by the host for
 //! one job. Connection details never cross into the guest; it sees binding names only.
 
+mod connections;
 mod memory_kv;
 mod sled_kv;
 
+pub use connections::{ConnectionProvider, KvConnection, SledConnections};
 pub use memory_kv::MemoryBucket;
 pub use sled_kv::{SledBucket, SledBuckets};
 

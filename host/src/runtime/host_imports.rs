@@ -49,6 +49,8 @@ pub struct CallState {
     pub(crate) job: Option<JobScope>,
     /// Writes refused during a read-only call, described for the error.
     pub(crate) denied_writes: Vec<String>,
+    /// When the guest's clock waits must end (see `runtime::clock`).
+    pub(crate) wait_limit: super::clock::WaitLimit,
 }
 
 impl WasiView for CallState {

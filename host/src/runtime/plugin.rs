@@ -1,6 +1,7 @@
 //! A loaded plugin and the lifecycle calls on it. Every call gets a fresh `Store` from the
 //! plugin's `InstancePre`, so nothing a call does (or breaks) survives into the next one.
 
+use super::clock::WaitLimit;
 use super::contract::v0_1::{self, HandlerPlugin, HandlerPluginPre};
 use super::error::{Call, PluginError, PluginFailure};
 use super::events::{ForceStop, JobEvents};
@@ -35,6 +36,8 @@ pub struct JobContext {
     pub events: Arc<dyn JobEvents>,
     pub checkpoint: Option<Vec<u8>>,
     pub force_stop: ForceStop,
+    /// A tighter deadline for this call than the plugin's own `call_timeout`.
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 /// A plugin's public description, as the registry and the API show it.
@@ -182,6 +185,42 @@ impl LoadedPlugin {
         .map(|r| r.map(Into::into).map_err(Into::into))
     }
 
+    /// Benchmark hook: make a store and instantiate, calling nothing.
+    #[doc(hidden)]
+    pub fn bench_instantiate(&self) -> Result<(), PluginError> {
+        self.call(Call::Describe, None, Access::ReadOnly, |_, _| Ok(()))
+    }
+
+    /// Benchmark hook: instantiate once, then call `execute` of `step` `times` times on that one
+    /// instance. The lifecycle itself never reuses an instance; this isolates the call cost.
+    #[doc(hidden)]
+    pub fn bench_execute_repeatedly(
+        &self,
+        job: &JobContext,
+        spec: &model::MigrationSpec,
+        step: &model::PlanStep,
+        times: u32,
+    ) -> Result<(), PluginError> {
+        let spec = v0_1::wit::MigrationSpec::from(spec);
+        let wit_step = v0_1::wit::PlanStep::from(step);
+        self.call(
+            Call::Execute(step.id.clone()),
+            Some(job),
+            Access::ReadWrite,
+            |store, p| {
+                for _ in 0..times {
+                    let _ = p.plover_migration_handler().call_execute(
+                        &mut *store,
+                        &spec,
+                        &wit_step,
+                        None,
+                    )?;
+                }
+                Ok(())
+            },
+        )
+    }
+
     /// Ask the plugin who it is (no job, no connectors).
     pub(crate) fn describe_with(
         pre: &HandlerPluginPre<CallState>,
@@ -243,7 +282,14 @@ fn run_call<R>(
         call: call.clone(),
         cause,
     };
+    let mut limits = limits.clone();
+    if let Some(t) = job.and_then(|j| j.call_timeout) {
+        limits.call_timeout = limits.call_timeout.min(t);
+    }
+    let limits = &limits;
     let stderr = GuestStderr::default();
+    let deadline = Instant::now() + limits.call_timeout;
+    let force_stop = job.map(|j| j.force_stop.clone()).unwrap_or_default();
     let state = CallState {
         wasi: wasi_context(&stderr),
         table: ResourceTable::new(),
@@ -257,14 +303,16 @@ fn run_call<R>(
             may_checkpoint: matches!(call, Call::Execute(_)),
         }),
         denied_writes: vec![],
+        wait_limit: WaitLimit {
+            deadline,
+            force_stop: force_stop.clone(),
+        },
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
 
     // The epoch ticks every few milliseconds; at each tick past the first this callback decides
     // whether the call may go on. That gives both the wall-clock deadline and a force stop.
-    let deadline = Instant::now() + limits.call_timeout;
-    let force_stop = job.map(|j| j.force_stop.clone()).unwrap_or_default();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if force_stop.is_triggered() {

@@ -1,0 +1,636 @@
+//! Background runs: executing a plan's steps in dependency order (up to `parallel_workers` at
+//! once, with retries), and rolling completed steps back in reverse dependency order.
+//!
+//! Each run is one thread (plus one per running step); plugin calls block, so they never run
+//! on the async server's threads.
+
+use super::Inner;
+use super::dag;
+use super::handle::{JobHandle, RunControl, StopReason, move_to};
+use super::job::{EventBody, JobError};
+use super::state::{JobStatus, StepStatus};
+use super::tracking::StepEvents;
+use crate::connectors::Grants;
+use crate::model::{ErrorKind, LogLevel, MigrationError, PlanStep};
+use crate::runtime::{JobContext, LoadedPlugin, PluginError, PluginFailure};
+use chrono::Utc;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How a step's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepEnd {
+    Completed,
+    Interrupted,
+    Failed,
+}
+
+/// Everything a run needs that does not change while it runs.
+struct RunSetup {
+    handle: Arc<JobHandle>,
+    plugin: Arc<LoadedPlugin>,
+    control: Arc<RunControl>,
+    grants: Grants,
+}
+
+/// Start executing a job already moved to `executing`.
+pub(super) fn spawn_execution(inner: &Arc<Inner>, handle: &Arc<JobHandle>) {
+    spawn_run(inner, handle, "exec", execute)
+}
+
+/// Start rolling back a job already moved to `rolling-back`.
+pub(super) fn spawn_rollback(inner: &Arc<Inner>, handle: &Arc<JobHandle>) {
+    spawn_run(inner, handle, "rollback", |setup| {
+        rollback(&setup);
+    })
+}
+
+fn spawn_run(inner: &Arc<Inner>, handle: &Arc<JobHandle>, what: &str, body: fn(RunSetup)) {
+    let control = Arc::new(RunControl::default());
+    *handle.run.lock().expect("run lock") = Some(control.clone());
+    let (inner, handle) = (inner.clone(), handle.clone());
+    let id = handle.lock().id.clone();
+    let name = format!("{what}-{}", &id[..8.min(id.len())]);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let setup = match prepare(&inner, &handle, control.clone()) {
+                Ok(s) => s,
+                Err(message) => {
+                    fail_without_run(&handle, &message);
+                    control.finish();
+                    return;
+                }
+            };
+            body(setup);
+            control.finish();
+            inner.job_settled(&handle);
+        })
+        .expect("spawning a job thread");
+}
+
+fn prepare(
+    inner: &Arc<Inner>,
+    handle: &Arc<JobHandle>,
+    control: Arc<RunControl>,
+) -> Result<RunSetup, String> {
+    let record = handle.record();
+    let plugin = inner
+        .registry
+        .by_sha256(&record.plugin.sha256)
+        .ok_or_else(|| {
+            format!(
+                "plugin {}@{} (sha256 {}) is not loaded",
+                record.plugin.name, record.plugin.version, record.plugin.sha256
+            )
+        })?;
+    let grants = inner.grants_for(&record)?;
+    Ok(RunSetup {
+        handle: handle.clone(),
+        plugin,
+        control,
+        grants,
+    })
+}
+
+/// A run could not even start (plugin gone, connection gone): the job fails with the reason.
+fn fail_without_run(handle: &JobHandle, message: &str) {
+    let _ = handle.update(|rec| {
+        let to = if rec.status == JobStatus::RollingBack {
+            JobStatus::RollbackFailed
+        } else {
+            JobStatus::Failed
+        };
+        rec.errors.push(JobError {
+            at: Utc::now(),
+            step: None,
+            phase: "engine".into(),
+            kind: "dependency-unavailable".into(),
+            message: message.to_string(),
+        });
+        rec.ended_at = Some(Utc::now());
+        (vec![move_to(rec, to, message)], ())
+    });
+}
+
+fn execute(setup: RunSetup) {
+    let (handle, control) = (&setup.handle, &setup.control);
+    let record = handle.record();
+    let options = record.options.clone();
+    let plan = record.plan.clone();
+    let run_started = Instant::now();
+    spawn_watchdog(&setup, record.executing_ms_before);
+
+    let (tx, rx) = mpsc::channel::<(usize, StepEnd)>();
+    let mut running: HashSet<usize> = HashSet::new();
+    let mut failed = false;
+    loop {
+        if !control.is_stopping() && !failed {
+            let statuses: Vec<StepStatus> = handle.lock().steps.iter().map(|s| s.status).collect();
+            let ready = dag::ready_steps(
+                &plan,
+                |i| statuses[i] == StepStatus::Completed,
+                |i| {
+                    matches!(statuses[i], StepStatus::Pending | StepStatus::Interrupted)
+                        && !running.contains(&i)
+                },
+            );
+            for i in ready {
+                if running.len() >= options.parallel_workers as usize {
+                    break;
+                }
+                running.insert(i);
+                let (tx, setup) = (tx.clone(), RunSetupRef::from(&setup));
+                let step = plan.steps[i].clone();
+                std::thread::spawn(move || {
+                    let end = run_step(&setup, &step);
+                    let _ = tx.send((i, end));
+                });
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        let (i, end) = rx.recv().expect("a step thread always reports");
+        running.remove(&i);
+        if end == StepEnd::Failed && !failed {
+            failed = true;
+            if !running.is_empty() {
+                control.request_stop(
+                    StopReason::Halt,
+                    Duration::from_secs(options.cancel_grace_secs),
+                );
+            }
+        }
+    }
+
+    let ran_ms = run_started.elapsed().as_millis() as u64;
+    let stop = control.stop_reason();
+    let all_done = handle
+        .lock()
+        .steps
+        .iter()
+        .all(|s| s.status == StepStatus::Completed);
+    // Either a final state to move to, or the reason the run failed.
+    let outcome: Result<(JobStatus, String), String> = if stop == Some(StopReason::Timeout) {
+        Err(format!(
+            "the job ran past its limit of {}s",
+            options.timeout_secs
+        ))
+    } else if failed {
+        Err("a step failed".to_string())
+    } else if all_done {
+        Ok((JobStatus::Completed, "every step completed".to_string()))
+    } else if stop == Some(StopReason::Pause) {
+        Ok((
+            JobStatus::Paused,
+            "paused by request; resume continues from the checkpoints".to_string(),
+        ))
+    } else if stop == Some(StopReason::Cancel) {
+        Ok((JobStatus::Cancelled, "cancelled by request".to_string()))
+    } else {
+        Err("some steps could not start: their dependencies did not complete".to_string())
+    };
+    let _ = handle.update(|rec| {
+        rec.executing_ms_before += ran_ms;
+        let mut events = vec![];
+        match &outcome {
+            Ok((to, reason)) => {
+                if to.is_final() {
+                    rec.ended_at = Some(Utc::now());
+                }
+                events.push(move_to(rec, *to, reason.clone()));
+            }
+            Err(reason) => {
+                if stop == Some(StopReason::Timeout) {
+                    rec.errors.push(JobError {
+                        at: Utc::now(),
+                        step: None,
+                        phase: "engine".into(),
+                        kind: "timeout".into(),
+                        message: reason.clone(),
+                    });
+                }
+                if !options.auto_rollback {
+                    rec.ended_at = Some(Utc::now());
+                    events.push(move_to(rec, JobStatus::Failed, reason.clone()));
+                }
+            }
+        }
+        (events, ())
+    });
+    if outcome.is_err() && options.auto_rollback {
+        let moved = handle.update(|rec| {
+            (
+                vec![move_to(
+                    rec,
+                    JobStatus::RollingBack,
+                    "a step failed; rolling back automatically",
+                )],
+                (),
+            )
+        });
+        if moved.is_ok() {
+            rollback(&setup);
+        }
+    }
+}
+
+/// Stop the job when it runs past `timeout_secs` of executing time.
+fn spawn_watchdog(setup: &RunSetup, already_ms: u64) {
+    let options = setup.handle.lock().options.clone();
+    if options.timeout_secs == 0 {
+        return;
+    }
+    let limit =
+        Duration::from_secs(options.timeout_secs).saturating_sub(Duration::from_millis(already_ms));
+    let control = setup.control.clone();
+    let grace = Duration::from_secs(options.cancel_grace_secs);
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while !control.is_finished() {
+            if started.elapsed() >= limit {
+                control.request_stop(StopReason::Timeout, grace);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+/// The parts of [`RunSetup`] a step thread needs, cheaply cloned.
+#[derive(Clone)]
+struct RunSetupRef {
+    handle: Arc<JobHandle>,
+    plugin: Arc<LoadedPlugin>,
+    control: Arc<RunControl>,
+    grants: Grants,
+}
+
+impl From<&RunSetup> for RunSetupRef {
+    fn from(s: &RunSetup) -> Self {
+        RunSetupRef {
+            handle: s.handle.clone(),
+            plugin: s.plugin.clone(),
+            control: s.control.clone(),
+            grants: s.grants.clone(),
+        }
+    }
+}
+
+fn context(
+    setup: &RunSetupRef,
+    events: Arc<StepEvents>,
+    checkpoint: Option<Vec<u8>>,
+    step_timeout_secs: u64,
+) -> JobContext {
+    JobContext {
+        grants: setup.grants.clone(),
+        events,
+        checkpoint,
+        force_stop: setup.control.force.clone(),
+        call_timeout: (step_timeout_secs > 0).then(|| Duration::from_secs(step_timeout_secs)),
+    }
+}
+
+/// Run one step to its end, retrying retryable errors.
+fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
+    let handle = &setup.handle;
+    let options = handle.lock().options.clone();
+    loop {
+        let started = handle.update(|rec| {
+            let s = rec.step_mut(&step.id).expect("step of the plan");
+            s.status = StepStatus::Running;
+            s.attempts += 1;
+            s.started_at.get_or_insert_with(Utc::now);
+            s.error = None;
+            let attempt = s.attempts;
+            let checkpoint = s.checkpoint.clone();
+            rec.current_step = Some(step.id.clone());
+            let event = EventBody::Step {
+                step: step.id.clone(),
+                status: StepStatus::Running,
+                attempt,
+                summary: None,
+                error: None,
+            };
+            (vec![event], (attempt, checkpoint))
+        });
+        let Ok((attempt, checkpoint)) = started else {
+            return StepEnd::Failed;
+        };
+        let events = Arc::new(StepEvents::new(
+            handle.clone(),
+            setup.control.clone(),
+            &step.id,
+        ));
+        let ctx = context(setup, events.clone(), checkpoint, options.step_timeout_secs);
+        // Clone first: a guard inside the call expression would hold the record's lock for the
+        // whole plugin call, and the plugin's own events need that lock.
+        let spec = handle.lock().spec.clone();
+        let result = setup.plugin.execute(&ctx, &spec, step);
+
+        let stopping = setup.control.is_stopping();
+        match result {
+            Ok(Ok(report)) => {
+                let _ = handle.update(|rec| {
+                    let mut evs = events.drain_for_completion(rec);
+                    let s = rec.step_mut(&step.id).expect("step");
+                    s.status = StepStatus::Completed;
+                    s.ended_at = Some(Utc::now());
+                    s.summary = Some(report.summary.clone());
+                    if let Some(total) = step.expected_objects {
+                        s.progress_done = s.progress_done.max(total);
+                    }
+                    evs.push(EventBody::Step {
+                        step: step.id.clone(),
+                        status: StepStatus::Completed,
+                        attempt,
+                        summary: Some(report.summary),
+                        error: None,
+                    });
+                    (evs, ())
+                });
+                return StepEnd::Completed;
+            }
+            Ok(Err(e)) if stopping && e.kind == ErrorKind::Cancelled => {
+                return interrupt(setup, step, &events, attempt);
+            }
+            Err(PluginError {
+                cause: PluginFailure::ForceStopped,
+                ..
+            }) if stopping => {
+                return interrupt(setup, step, &events, attempt);
+            }
+            Ok(Err(e)) if e.retryable && attempt < options.retry.attempts && !stopping => {
+                let discarded = events.discard_objects();
+                events.flush_logs();
+                let wait = options.retry.backoff(attempt + 1);
+                let _ = handle.host_log(
+                    LogLevel::Warning,
+                    Some(&step.id),
+                    format!(
+                        "attempt {attempt} of step '{}' failed ({}: {}); retrying from its checkpoint in {} ms{}",
+                        step.id,
+                        kind_name(e.kind),
+                        e.message,
+                        wait.as_millis(),
+                        if discarded > 0 { format!(" ({discarded} uncommitted object results will be redone)") } else { String::new() }
+                    ),
+                );
+                if !sleep_unless_stopped(&setup.control, wait) {
+                    return interrupt(setup, step, &events, attempt);
+                }
+            }
+            Ok(Err(e)) => {
+                return fail_step(
+                    setup,
+                    step,
+                    &events,
+                    attempt,
+                    "execute",
+                    kind_name(e.kind),
+                    &e.message,
+                );
+            }
+            Err(pe) => {
+                let kind = match pe.cause {
+                    PluginFailure::Deadline { .. } => "timeout",
+                    ref other => other.cause_name(),
+                };
+                return fail_step(
+                    setup,
+                    step,
+                    &events,
+                    attempt,
+                    "execute",
+                    kind,
+                    &pe.to_string(),
+                );
+            }
+        }
+    }
+}
+
+/// Sleep `wait` unless the run is asked to stop first; false when it was.
+fn sleep_unless_stopped(control: &RunControl, wait: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < wait {
+        if control.is_stopping() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10).min(wait));
+    }
+    true
+}
+
+fn interrupt(setup: &RunSetupRef, step: &PlanStep, events: &StepEvents, attempt: u32) -> StepEnd {
+    events.discard_objects();
+    events.flush_logs();
+    let _ = setup.handle.update(|rec| {
+        let s = rec.step_mut(&step.id).expect("step");
+        s.status = StepStatus::Interrupted;
+        let event = EventBody::Step {
+            step: step.id.clone(),
+            status: StepStatus::Interrupted,
+            attempt,
+            summary: None,
+            error: None,
+        };
+        (vec![event], ())
+    });
+    StepEnd::Interrupted
+}
+
+fn fail_step(
+    setup: &RunSetupRef,
+    step: &PlanStep,
+    events: &StepEvents,
+    attempt: u32,
+    phase: &str,
+    kind: &str,
+    message: &str,
+) -> StepEnd {
+    let discarded = events.discard_objects();
+    events.flush_logs();
+    let _ = setup.handle.update(|rec| {
+        let s = rec.step_mut(&step.id).expect("step");
+        s.status = if phase == "rollback" { StepStatus::RollbackFailed } else { StepStatus::Failed };
+        s.ended_at = Some(Utc::now());
+        s.error = Some(message.to_string());
+        let status = s.status;
+        rec.errors.push(JobError {
+            at: Utc::now(),
+            step: Some(step.id.clone()),
+            phase: phase.into(),
+            kind: kind.into(),
+            message: message.to_string(),
+        });
+        let mut evs = vec![EventBody::Step { step: step.id.clone(), status, attempt, summary: None, error: Some(message.to_string()) }];
+        if discarded > 0 {
+            evs.push(EventBody::Log {
+                level: LogLevel::Warning,
+                source: super::job::LogSource::Host,
+                step: Some(step.id.clone()),
+                message: format!("{discarded} object results reported after the last checkpoint were not recorded; a retry redoes them"),
+            });
+        }
+        (evs, ())
+    });
+    StepEnd::Failed
+}
+
+pub(super) fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidSpec => "invalid-spec",
+        ErrorKind::ValidationFailed => "validation-failed",
+        ErrorKind::StepFailed => "step-failed",
+        ErrorKind::DependencyUnavailable => "dependency-unavailable",
+        ErrorKind::DataCorruption => "data-corruption",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Cancelled => "cancelled",
+        ErrorKind::InsufficientResources => "insufficient-resources",
+    }
+}
+
+/// Roll back every step that may have changed data, in reverse dependency order. Stops at the
+/// first rollback that fails (undoing earlier steps on top of a half-undone later one could
+/// make things worse); the job then ends `rollback-failed` with every error kept.
+fn rollback(setup: &RunSetup) {
+    let handle = &setup.handle;
+    let record = handle.record();
+    let order = dag::topological_order(&record.plan)
+        .unwrap_or_else(|_| (0..record.plan.steps.len()).collect());
+    let options = record.options.clone();
+    let setup_ref = RunSetupRef::from(setup);
+    let mut failed = false;
+    for &i in order.iter().rev() {
+        let step = &record.plan.steps[i];
+        let status = handle.lock().steps[i].status;
+        if !status.touched_data() {
+            continue;
+        }
+        if !step.reversible {
+            let _ = handle.update(|rec| {
+                let message = format!(
+                    "step '{}' is not reversible; rollback left it as it was",
+                    step.id
+                );
+                rec.warnings.push(message.clone());
+                rec.steps[i].status = StepStatus::RollbackSkipped;
+                (
+                    vec![EventBody::Step {
+                        step: step.id.clone(),
+                        status: StepStatus::RollbackSkipped,
+                        attempt: 0,
+                        summary: Some(message),
+                        error: None,
+                    }],
+                    (),
+                )
+            });
+            continue;
+        }
+        if rollback_step(&setup_ref, step, &options) == StepEnd::Failed {
+            failed = true;
+            break;
+        }
+    }
+    let _ = handle.update(|rec| {
+        rec.ended_at = Some(Utc::now());
+        let (to, reason) = if failed {
+            (JobStatus::RollbackFailed, "a rollback step failed")
+        } else {
+            (JobStatus::RolledBack, "every changed step was rolled back")
+        };
+        (vec![move_to(rec, to, reason)], ())
+    });
+}
+
+fn rollback_step(
+    setup: &RunSetupRef,
+    step: &PlanStep,
+    options: &super::options::JobOptions,
+) -> StepEnd {
+    let handle = &setup.handle;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let _ = handle.update(|rec| {
+            rec.current_step = Some(step.id.clone());
+            (
+                vec![EventBody::Step {
+                    step: step.id.clone(),
+                    status: StepStatus::Running,
+                    attempt,
+                    summary: Some("rolling back".into()),
+                    error: None,
+                }],
+                (),
+            )
+        });
+        let events = Arc::new(StepEvents::new(
+            handle.clone(),
+            setup.control.clone(),
+            &step.id,
+        ));
+        let ctx = context(setup, events.clone(), None, options.step_timeout_secs);
+        let spec = handle.lock().spec.clone();
+        match setup.plugin.rollback(&ctx, &spec, step) {
+            Ok(Ok(report)) => {
+                let _ = handle.update(|rec| {
+                    let mut evs = events.drain_for_completion(rec);
+                    let s = rec.step_mut(&step.id).expect("step");
+                    s.status = StepStatus::RolledBack;
+                    evs.push(EventBody::Step {
+                        step: step.id.clone(),
+                        status: StepStatus::RolledBack,
+                        attempt,
+                        summary: Some(report.summary),
+                        error: None,
+                    });
+                    (evs, ())
+                });
+                return StepEnd::Completed;
+            }
+            Ok(Err(MigrationError {
+                retryable: true,
+                kind,
+                message,
+            })) if attempt < options.retry.attempts => {
+                events.flush_logs();
+                let wait = options.retry.backoff(attempt + 1);
+                let _ = handle.host_log(
+                    LogLevel::Warning,
+                    Some(&step.id),
+                    format!("rollback attempt {attempt} of step '{}' failed ({}: {message}); retrying in {} ms", step.id, kind_name(kind), wait.as_millis()),
+                );
+                std::thread::sleep(wait);
+            }
+            Ok(Err(e)) => {
+                return fail_step(
+                    setup,
+                    step,
+                    &events,
+                    attempt,
+                    "rollback",
+                    kind_name(e.kind),
+                    &e.message,
+                );
+            }
+            Err(pe) => {
+                return fail_step(
+                    setup,
+                    step,
+                    &events,
+                    attempt,
+                    "rollback",
+                    pe.cause.cause_name(),
+                    &pe.to_string(),
+                );
+            }
+        }
+    }
+}

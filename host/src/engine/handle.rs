@@ -1,0 +1,220 @@
+//! The in-memory side of one job: its record behind a lock, the commit path that writes it
+//! durably with its events, and the watch channel live readers follow.
+
+use super::job::{EventBody, FeedEvent, JobRecord, LogSource};
+use super::state::JobStatus;
+use crate::model::LogLevel;
+use crate::runtime::ForceStop;
+use crate::store::{Commit, JobStore, StoreError};
+use chrono::Utc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// A job's state changed; sent to everyone following all jobs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StateChange {
+    pub job: String,
+    pub seq: u64,
+    pub from: Option<JobStatus>,
+    pub to: JobStatus,
+    pub reason: String,
+}
+
+/// Why a run is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Pause,
+    Cancel,
+    /// The job ran past its own time limit.
+    Timeout,
+    /// A sibling step failed; the others stop at their next safe point.
+    Halt,
+}
+
+/// Control of one background run (execution or rollback).
+#[derive(Default)]
+pub struct RunControl {
+    stop: Mutex<Option<StopReason>>,
+    pub force: ForceStop,
+    finished: AtomicBool,
+}
+
+impl RunControl {
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        *self.stop.lock().expect("run control lock")
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stop_reason().is_some()
+    }
+
+    /// Ask the run to stop at its next safe point; after `grace` it is stopped by force. A
+    /// cancel or timeout overrides an earlier pause or halt.
+    pub fn request_stop(self: &Arc<Self>, reason: StopReason, grace: Duration) {
+        {
+            let mut stop = self.stop.lock().expect("run control lock");
+            match (*stop, reason) {
+                (None, _) => *stop = Some(reason),
+                (
+                    Some(StopReason::Pause | StopReason::Halt),
+                    StopReason::Cancel | StopReason::Timeout,
+                ) => *stop = Some(reason),
+                _ => return,
+            }
+        }
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let step = Duration::from_millis(20);
+            let mut waited = Duration::ZERO;
+            while waited < grace {
+                if me.finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(step);
+                waited += step;
+            }
+            if !me.finished.load(Ordering::SeqCst) {
+                me.force.trigger();
+            }
+        });
+    }
+
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+}
+
+pub struct JobHandle {
+    record: Mutex<JobRecord>,
+    store: Arc<dyn JobStore>,
+    seq: watch::Sender<u64>,
+    changes: broadcast::Sender<StateChange>,
+    /// The background run working on the job, if any.
+    pub run: Mutex<Option<Arc<RunControl>>>,
+}
+
+impl JobHandle {
+    pub fn new(
+        record: JobRecord,
+        store: Arc<dyn JobStore>,
+        changes: broadcast::Sender<StateChange>,
+    ) -> Arc<Self> {
+        let last = record.next_seq.saturating_sub(1);
+        Arc::new(JobHandle {
+            record: Mutex::new(record),
+            store,
+            seq: watch::channel(last).0,
+            changes,
+            run: Mutex::new(None),
+        })
+    }
+
+    /// A copy of the record as it is now.
+    pub fn record(&self) -> JobRecord {
+        self.lock().clone()
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, JobRecord> {
+        self.record.lock().expect("job record lock")
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.lock().status
+    }
+
+    /// Follow the job's latest event sequence number.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seq.subscribe()
+    }
+
+    /// Apply `change` to the record and commit it with the events it returns, atomically. If
+    /// the store refuses, the record is left as it was and the error returned.
+    pub fn update<R>(
+        &self,
+        change: impl FnOnce(&mut JobRecord) -> (Vec<EventBody>, R),
+    ) -> Result<R, StoreError> {
+        let mut record = self.lock();
+        let before = record.clone();
+        let (bodies, result) = change(&mut record);
+        let now = Utc::now();
+        record.updated_at = now;
+        let mut events = Vec::with_capacity(bodies.len());
+        let mut drop_logs = vec![];
+        let mut state_changes = vec![];
+        for body in bodies {
+            let seq = record.next_seq;
+            record.next_seq += 1;
+            if let EventBody::Log { .. } = body {
+                record.log_seqs.push_back(seq);
+                while record.log_seqs.len() > record.options.max_log_lines {
+                    let dropped = record.log_seqs.pop_front().expect("non-empty");
+                    // A line added and dropped in the same commit is simply never written.
+                    if dropped < before.next_seq {
+                        drop_logs.push(dropped);
+                    }
+                    record.logs_dropped += 1;
+                }
+            }
+            if let EventBody::State { from, to, reason } = &body {
+                state_changes.push(StateChange {
+                    job: record.id.clone(),
+                    seq,
+                    from: *from,
+                    to: *to,
+                    reason: reason.clone(),
+                });
+            }
+            events.push(FeedEvent { seq, at: now, body });
+        }
+        let kept: std::collections::HashSet<u64> = record.log_seqs.iter().copied().collect();
+        events.retain(|e| !matches!(e.body, EventBody::Log { .. }) || kept.contains(&e.seq));
+        if let Err(e) = self.store.commit(Commit {
+            record: &record,
+            append: &events,
+            drop_logs: &drop_logs,
+        }) {
+            *record = before;
+            return Err(e);
+        }
+        let last = record.next_seq.saturating_sub(1);
+        drop(record);
+        self.seq.send_replace(last);
+        for c in state_changes {
+            let _ = self.changes.send(c);
+        }
+        Ok(result)
+    }
+
+    /// Record a host log line.
+    pub fn host_log(
+        &self,
+        level: LogLevel,
+        step: Option<&str>,
+        message: impl Into<String>,
+    ) -> Result<(), StoreError> {
+        let body = EventBody::Log {
+            level,
+            source: LogSource::Host,
+            step: step.map(String::from),
+            message: message.into(),
+        };
+        self.update(|_| (vec![body], ()))
+    }
+}
+
+/// A state change event, moving the record. The caller checked the move is legal.
+pub fn move_to(record: &mut JobRecord, to: JobStatus, reason: impl Into<String>) -> EventBody {
+    let from = record.status;
+    record.status = to;
+    EventBody::State {
+        from: Some(from),
+        to,
+        reason: reason.into(),
+    }
+}
