@@ -62,6 +62,8 @@ pub struct JobOptions {
     pub cancel_grace_secs: u64,
     /// Newest log lines kept per job.
     pub max_log_lines: usize,
+    /// Called with the final snapshot when the job ends (besides the host's webhook).
+    pub webhook: Option<String>,
 }
 
 impl Default for JobOptions {
@@ -79,6 +81,7 @@ impl Default for JobOptions {
             dry_run_required: false,
             cancel_grace_secs: 10,
             max_log_lines: 1000,
+            webhook: None,
         }
     }
 }
@@ -100,6 +103,11 @@ impl JobOptions {
         }
         if self.max_log_lines == 0 || self.max_log_lines > 1_000_000 {
             return Err("max_log_lines must be 1 to 1000000".into());
+        }
+        if let Some(url) = &self.webhook {
+            if !(url.starts_with("http://") && url.len() > "http://".len()) {
+                return Err("webhook must be an http:// URL".into());
+            }
         }
         Ok(())
     }

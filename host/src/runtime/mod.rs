@@ -17,6 +17,7 @@ pub(crate) mod host_imports;
 pub mod plugin;
 pub mod registry;
 pub mod sandbox;
+pub mod stats;
 
 pub use cache::CacheOutcome;
 pub use error::{Call, LoadError, PluginError, PluginFailure};

@@ -264,9 +264,38 @@ impl LoadedPlugin {
     }
 }
 
-/// Make a store, instantiate, call `f`, and turn whatever went wrong into a [`PluginError`].
+/// [`run_call_inner`], counted in the runtime's call statistics.
 #[allow(clippy::too_many_arguments)]
 fn run_call<R>(
+    pre: &HandlerPluginPre<CallState>,
+    engine: &Engine,
+    limits: &SandboxLimits,
+    fuel_metering: bool,
+    label: &str,
+    call: Call,
+    job: Option<&JobContext>,
+    access: Access,
+    f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+) -> Result<R, PluginError> {
+    let started = Instant::now();
+    let result = run_call_inner(
+        pre,
+        engine,
+        limits,
+        fuel_metering,
+        label,
+        call,
+        job,
+        access,
+        f,
+    );
+    super::stats::record_call(started.elapsed(), result.as_ref().err().map(|e| &e.cause));
+    result
+}
+
+/// Make a store, instantiate, call `f`, and turn whatever went wrong into a [`PluginError`].
+#[allow(clippy::too_many_arguments)]
+fn run_call_inner<R>(
     pre: &HandlerPluginPre<CallState>,
     engine: &Engine,
     limits: &SandboxLimits,

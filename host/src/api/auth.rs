@@ -1,0 +1,188 @@
+//! Bearer tokens with roles. Tokens are stored only as SHA-256 hashes; the first admin token
+//! is made on first start and shown once.
+
+use super::AppState;
+use super::error::AppError;
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Viewer, plus create, run, approve, cancel and roll back migrations.
+    Operator,
+    /// Operator, plus plugins and tokens.
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    sha256: String,
+    info: TokenInfo,
+}
+
+/// Tokens by hash, persisted in sled.
+pub struct TokenStore {
+    tree: sled::Tree,
+    by_hash: RwLock<HashMap<String, TokenInfo>>,
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh random token (244 random bits).
+fn new_token() -> String {
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    format!("plv_{}{}", a.simple(), b.simple())
+}
+
+impl TokenStore {
+    pub fn open(db: &sled::Db) -> anyhow::Result<Self> {
+        let tree = db.open_tree("plover/tokens")?;
+        let mut by_hash = HashMap::new();
+        for item in tree.iter() {
+            let (_, v) = item?;
+            let t: StoredToken = serde_json::from_slice(&v)?;
+            by_hash.insert(t.sha256, t.info);
+        }
+        Ok(TokenStore {
+            tree,
+            by_hash: RwLock::new(by_hash),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.read().expect("tokens lock").is_empty()
+    }
+
+    /// Store `token` (or a fresh one) as `name` with `role`; returns the token.
+    pub fn create(&self, name: &str, role: Role, token: Option<String>) -> anyhow::Result<String> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            anyhow::bail!("token name must be 1-64 letters, digits, dashes or underscores");
+        }
+        if self.tree.contains_key(name)? {
+            anyhow::bail!("a token named '{name}' exists");
+        }
+        let token = token.unwrap_or_else(new_token);
+        let stored = StoredToken {
+            sha256: hash(&token),
+            info: TokenInfo {
+                name: name.into(),
+                role,
+                created_at: Utc::now(),
+            },
+        };
+        self.tree.insert(name, serde_json::to_vec(&stored)?)?;
+        self.tree.flush()?;
+        self.by_hash
+            .write()
+            .expect("tokens lock")
+            .insert(stored.sha256, stored.info);
+        Ok(token)
+    }
+
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let mut all: Vec<TokenInfo> = self
+            .by_hash
+            .read()
+            .expect("tokens lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn revoke(&self, name: &str) -> anyhow::Result<bool> {
+        let Some(v) = self.tree.remove(name)? else {
+            return Ok(false);
+        };
+        let t: StoredToken = serde_json::from_slice(&v)?;
+        self.by_hash.write().expect("tokens lock").remove(&t.sha256);
+        Ok(true)
+    }
+
+    pub fn check(&self, token: &str) -> Option<TokenInfo> {
+        self.by_hash
+            .read()
+            .expect("tokens lock")
+            .get(&hash(token))
+            .cloned()
+    }
+}
+
+/// The authenticated caller of a request. Extracting it answers 401 without a valid token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// 403 unless the caller has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), AppError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "token '{}' has role {:?}; this needs {:?}",
+                    self.name, self.role, role
+                )
+                .to_lowercase(),
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("an Authorization: Bearer token is required"))?;
+        let value = header
+            .to_str()
+            .map_err(|_| unauthorized("the Authorization header is not text"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| unauthorized("expected Authorization: Bearer <token>"))?;
+        let info = state
+            .tokens
+            .check(token.trim())
+            .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+        Ok(Caller {
+            name: info.name,
+            role: info.role,
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! One error shape for the whole API: `{"code", "message", "details"}` with the right status.
+
+use crate::engine::EngineError;
+use crate::runtime::{LoadError, RegistryError};
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub struct AppError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl AppError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = json!({ "code": self.code, "message": self.message, "details": self.details });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<EngineError> for AppError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        match e {
+            EngineError::NotFound(_) => AppError::not_found(message),
+            EngineError::IllegalTransition { status, action, .. } => {
+                AppError::conflict("illegal-transition", message)
+                    .with_details(json!({ "status": status, "action": action }))
+            }
+            EngineError::InvalidRequest(_) => AppError::unprocessable("invalid-request", message),
+            EngineError::Registry(r) => r.into(),
+            EngineError::Plugin(p) => AppError::unprocessable("plugin-failed", message)
+                .with_details(json!({ "plugin": p.plugin, "call": p.call, "cause": p.cause })),
+            EngineError::Handler(m) => {
+                AppError::unprocessable("handler-refused", message).with_details(json!(m))
+            }
+            EngineError::InvalidPlan(_) => AppError::unprocessable("invalid-plan", message),
+            EngineError::Refused(_) => AppError::conflict("refused", message),
+            EngineError::Store(_) => AppError::internal(message),
+        }
+    }
+}
+
+impl From<RegistryError> for AppError {
+    fn from(e: RegistryError) -> Self {
+        let message = e.to_string();
+        match e {
+            RegistryError::VersionConflict { .. } => {
+                AppError::conflict("version-conflict", message)
+            }
+            RegistryError::BadRequirement(_) => AppError::unprocessable("bad-requirement", message),
+            RegistryError::UnknownPlugin(_) | RegistryError::NoMatchingVersion { .. } => {
+                AppError::unprocessable("unknown-plugin", message)
+            }
+        }
+    }
+}
+
+impl From<LoadError> for AppError {
+    fn from(e: LoadError) -> Self {
+        let code = match &e {
+            LoadError::NotWasm => "not-wasm",
+            LoadError::CoreModule => "core-module",
+            LoadError::Malformed(_) => "malformed-component",
+            LoadError::WrongWorld { .. } => "wrong-world",
+            LoadError::ContractVersion { .. } => "contract-version",
+            LoadError::UnsupportedImport { .. } => "unsupported-import",
+            LoadError::Describe(_) => "describe-failed",
+            LoadError::BadInfo(_) => "bad-plugin-info",
+            LoadError::Io { .. } | LoadError::Internal(_) => {
+                return AppError::internal(e.to_string());
+            }
+        };
+        AppError::unprocessable(code, e.to_string())
+    }
+}

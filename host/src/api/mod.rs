@@ -1,0 +1,71 @@
+//! The HTTP API (`/api/v1`, JSON): plugins, migrations, live progress over Server-Sent Events,
+//! tokens, health and metrics. Handlers are small: they authenticate, call the engine (off the
+//! async threads when it may call a plugin) and map errors with [`error::AppError`].
+
+pub mod auth;
+pub mod error;
+mod migrations;
+mod ops;
+mod plugins;
+mod sse;
+
+use crate::engine::Engine;
+use crate::runtime::Runtime;
+use auth::TokenStore;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tower_http::timeout::TimeoutLayer;
+
+/// Everything handlers share.
+pub struct AppState {
+    pub engine: Engine,
+    pub runtime: Arc<Runtime>,
+    /// Uploaded plugins, stored by sha256.
+    pub plugin_store: PathBuf,
+    pub tokens: TokenStore,
+    /// False until start-up (plugin loading, recovery) is done.
+    pub ready: AtomicBool,
+    pub metrics: ops::Metrics,
+}
+
+pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Duration) -> Router {
+    let api = Router::new()
+        .route("/plugins", get(plugins::list).post(plugins::upload))
+        .route(
+            "/plugins/{name}/{version}",
+            get(plugins::show).delete(plugins::remove),
+        )
+        .route(
+            "/migrations",
+            get(migrations::list).post(migrations::create),
+        )
+        .route(
+            "/migrations/{id}",
+            get(migrations::show).delete(migrations::remove),
+        )
+        .route("/migrations/{id}/logs", get(migrations::logs))
+        .route("/migrations/{id}/objects", get(migrations::objects))
+        .route("/migrations/{id}/{action}", post(migrations::act))
+        .route("/tokens", get(ops::list_tokens).post(ops::create_token))
+        .route("/tokens/{name}", delete(ops::revoke_token))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        // Streams stay open as long as the job runs, so they sit outside the request timeout.
+        .route("/migrations/{id}/events", get(sse::job_events))
+        .route("/events", get(sse::all_events));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}

@@ -1,0 +1,110 @@
+//! `/api/v1/plugins`: upload (raw component bytes), list, show, delete.
+
+use super::AppState;
+use super::auth::{Caller, Role};
+use super::error::AppError;
+use super::migrations::blocking;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use semver::Version;
+use std::sync::Arc;
+
+pub async fn list(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Role::Viewer)?;
+    let all: Vec<_> = s
+        .engine
+        .registry()
+        .list()
+        .iter()
+        .map(|p| p.summary())
+        .collect();
+    Ok(Json(all))
+}
+
+fn parse_version(v: &str) -> Result<Version, AppError> {
+    Version::parse(v)
+        .map_err(|e| AppError::bad_request(format!("'{v}' is not a semver version: {e}")))
+}
+
+pub async fn show(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Role::Viewer)?;
+    let plugin = s
+        .engine
+        .registry()
+        .resolve(&format!("{name}@={}", parse_version(&version)?))
+        .map_err(|e| AppError::not_found(e.to_string()))?;
+    Ok(Json(plugin.summary()))
+}
+
+/// Validate, precompile and store a component; 201 with its summary (200 if already loaded).
+pub async fn upload(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Role::Admin)?;
+    let bytes =
+        body.map_err(|e| AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.body_text()))?;
+    if bytes.is_empty() {
+        return Err(AppError::bad_request(
+            "send the component's bytes as the request body",
+        ));
+    }
+    let state = s.clone();
+    blocking(move || {
+        let plugin = state.runtime.load_bytes(&bytes)?;
+        let known = state.engine.registry().by_sha256(plugin.sha256()).is_some();
+        let plugin = state.engine.registry().insert(plugin)?;
+        let path = state.plugin_store.join(format!("{}.wasm", plugin.sha256()));
+        if !path.exists() {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &bytes)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| AppError::internal(format!("storing the plugin: {e}")))?;
+        }
+        tracing::info!(plugin = %plugin.label(), sha256 = plugin.sha256(), by = %caller.name, "plugin uploaded");
+        let status = if known { StatusCode::OK } else { StatusCode::CREATED };
+        Ok((status, Json(plugin.summary())))
+    })
+    .await
+}
+
+/// Unload and forget a plugin; refused while a job that is not finished uses it.
+pub async fn remove(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, AppError> {
+    caller.require(Role::Admin)?;
+    let v = parse_version(&version)?;
+    let plugin = s
+        .engine
+        .registry()
+        .resolve(&format!("{name}@={v}"))
+        .map_err(|e| AppError::not_found(e.to_string()))?;
+    let users = s.engine.plugin_in_use(plugin.sha256());
+    if !users.is_empty() {
+        return Err(AppError::conflict(
+            "plugin-in-use",
+            format!(
+                "{} is used by {} migration(s) that are not finished",
+                plugin.label(),
+                users.len()
+            ),
+        )
+        .with_details(serde_json::json!({ "migrations": users })));
+    }
+    s.engine.registry().remove(&name, &v);
+    let _ = std::fs::remove_file(s.plugin_store.join(format!("{}.wasm", plugin.sha256())));
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,168 @@
+//! Live progress as Server-Sent Events.
+//!
+//! `GET /api/v1/migrations/{id}/events`: every change-feed event after the client's
+//! `Last-Event-ID` (or `?after=`), each with `id: <seq>` so a reconnecting client misses
+//! nothing and sees nothing twice; a `retry:` hint first; keep-alive comments every 15 s; and
+//! once the job is final, one `final` event with the snapshot, after which the stream ends.
+//!
+//! `GET /api/v1/events`: state changes of every job, live only (no replay).
+
+use super::AppState;
+use super::auth::{Caller, Role};
+use super::error::AppError;
+use crate::engine::job::FeedEvent;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// What browsers should wait before reconnecting.
+pub const RETRY_HINT: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+pub struct AfterQuery {
+    after: Option<u64>,
+}
+
+enum Phase {
+    Hello,
+    Streaming,
+    Done,
+}
+
+struct Follow {
+    state: Arc<AppState>,
+    id: String,
+    after: u64,
+    seq: tokio::sync::watch::Receiver<u64>,
+    buffer: VecDeque<FeedEvent>,
+    phase: Phase,
+}
+
+fn to_event(e: &FeedEvent) -> Event {
+    Event::default()
+        .id(e.seq.to_string())
+        .event(e.body.kind())
+        .json_data(e)
+        .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+}
+
+pub async fn job_events(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<AfterQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    caller.require(Role::Viewer)?;
+    let handle = s.engine.job_handle(&id)?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    AppError::bad_request("Last-Event-ID must be an event sequence number")
+                })?,
+        ),
+        None => None,
+    };
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    let follow = Follow {
+        state: s.clone(),
+        id,
+        after,
+        seq: handle.subscribe(),
+        buffer: VecDeque::new(),
+        phase: Phase::Hello,
+    };
+    let stream = futures::stream::unfold(follow, |mut f| async move {
+        loop {
+            match f.phase {
+                Phase::Done => return None,
+                Phase::Hello => {
+                    f.phase = Phase::Streaming;
+                    return Some((
+                        Ok(Event::default().retry(RETRY_HINT).comment("following")),
+                        f,
+                    ));
+                }
+                Phase::Streaming => {}
+            }
+            if let Some(e) = f.buffer.pop_front() {
+                return Some((Ok(to_event(&e)), f));
+            }
+            // Mark what has been seen before reading, so a commit racing the read wakes us.
+            f.seq.borrow_and_update();
+            let engine = f.state.engine.clone();
+            let (id, after) = (f.id.clone(), f.after);
+            let read =
+                tokio::task::spawn_blocking(move || engine.events_after(&id, after, 500)).await;
+            match read {
+                Ok(Ok(events)) if !events.is_empty() => {
+                    f.after = events.last().map(|e| e.seq).unwrap_or(f.after);
+                    f.buffer.extend(events);
+                    continue;
+                }
+                Ok(Ok(_)) => {}
+                _ => return None,
+            }
+            let Ok(snap) = f.state.engine.snapshot(&f.id) else {
+                return None;
+            };
+            if snap.status.is_final() && snap.last_event_seq <= f.after {
+                f.phase = Phase::Done;
+                let event = Event::default()
+                    .event("final")
+                    .json_data(&snap)
+                    .unwrap_or_else(|_| Event::default().event("final"));
+                return Some((Ok(event), f));
+            }
+            if f.seq.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+pub async fn all_events(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    caller.require(Role::Viewer)?;
+    let rx = s.engine.subscribe_changes();
+    let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
+        if first {
+            return Some((
+                Ok(Event::default()
+                    .retry(RETRY_HINT)
+                    .comment("following all jobs")),
+                (rx, false),
+            ));
+        }
+        loop {
+            match rx.recv().await {
+                Ok(change) => {
+                    let event = Event::default()
+                        .event("state")
+                        .json_data(&change)
+                        .unwrap_or_else(|_| Event::default().event("state"));
+                    return Some((Ok(event), (rx, false)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let event = Event::default().event("lagged").data(n.to_string());
+                    return Some((Ok(event), (rx, false)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}

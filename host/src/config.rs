@@ -1,0 +1,152 @@
+//! Host configuration: a TOML file, then `PLOVER_*` environment overrides, then flags.
+//! Runtime configuration lives here, apart from code; secrets (connection details) never
+//! leave the host.
+
+use crate::connectors::KvConnection;
+use crate::engine::options::JobOptions;
+use crate::runtime::SandboxLimits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the API listens. Loopback by default: expose it deliberately.
+    pub bind: SocketAddr,
+    /// The embedded database, uploaded plugins and the compiled-plugin cache live here.
+    pub data_dir: PathBuf,
+    /// Directories whose `*.wasm` plugins are loaded at start-up (bundled handlers).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+    /// Largest request body, in bytes (plugin uploads included).
+    pub max_body_bytes: usize,
+    /// Per-request time limit, in seconds (the SSE streams excepted).
+    pub request_timeout_secs: u64,
+    /// Limits for every plugin.
+    pub limits: SandboxLimits,
+    /// Count fuel so `limits.fuel` bounds a call's work.
+    pub fuel_metering: bool,
+    /// Defaults of every job's options.
+    pub defaults: JobOptions,
+    /// Named key-value connections that grants may name.
+    pub connections: BTreeMap<String, KvConnection>,
+    /// Let grants name any sled bucket, not only configured connections.
+    pub any_sled_bucket: bool,
+    /// Called with the final snapshot of every job (per-job webhooks add to it).
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:7373".parse().expect("a valid address"),
+            data_dir: PathBuf::from("plover-data"),
+            plugin_dirs: vec![PathBuf::from("plugins/target/wasm32-wasip2/release")],
+            log_format: LogFormat::Text,
+            max_body_bytes: 64 << 20,
+            request_timeout_secs: 60,
+            limits: SandboxLimits::default(),
+            fuel_metering: false,
+            defaults: JobOptions::default(),
+            connections: BTreeMap::new(),
+            any_sled_bucket: true,
+            webhook: None,
+        }
+    }
+}
+
+impl Config {
+    /// Read `path` (when given), then apply the environment.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// `PLOVER_BIND`, `PLOVER_DATA_DIR`, `PLOVER_PLUGIN_DIRS` (colon-separated),
+    /// `PLOVER_LOG_FORMAT`, `PLOVER_WEBHOOK`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = get("PLOVER_BIND") {
+            self.bind = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("PLOVER_BIND '{v}': {e}"))?;
+        }
+        if let Some(v) = get("PLOVER_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("PLOVER_PLUGIN_DIRS") {
+            self.plugin_dirs = v
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        if let Some(v) = get("PLOVER_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                other => anyhow::bail!("PLOVER_LOG_FORMAT must be text or json, not '{other}'"),
+            };
+        }
+        if let Some(v) = get("PLOVER_WEBHOOK") {
+            self.webhook = Some(v);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment() {
+        let mut c: Config = toml::from_str(
+            r#"
+            bind = "127.0.0.1:9000"
+            [defaults]
+            batch_size = 42
+            [connections.sessions-old]
+            type = "sled"
+            bucket = "sessions"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.defaults.batch_size, 42);
+        assert_eq!(
+            c.connections["sessions-old"],
+            KvConnection::Sled {
+                bucket: "sessions".into()
+            }
+        );
+        c.apply_env(|k| (k == "PLOVER_BIND").then(|| "127.0.0.1:9100".to_string()))
+            .unwrap();
+        assert_eq!(c.bind.port(), 9100);
+        assert!(
+            c.apply_env(|k| (k == "PLOVER_LOG_FORMAT").then(|| "xml".to_string()))
+                .is_err()
+        );
+        assert!(
+            toml::from_str::<Config>("bnd = 1").is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests of the `plover` binary: a real server process on loopback.
