@@ -423,6 +423,14 @@ impl Client {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
+        // Without a terminal the bar is hidden and so is `println` through it: print plainly.
+        let say = |line: String| {
+            if bar.is_hidden() {
+                println!("{line}")
+            } else {
+                bar.println(line)
+            }
+        };
         let mut last_id: Option<String> = None;
         loop {
             let mut req = self
@@ -466,17 +474,15 @@ impl Client {
                                 body["total"]
                             ));
                         }
-                        "log" => bar.println(format!(
+                        "log" => say(format!(
                             "[{}] {}",
                             body["level"].as_str().unwrap_or(""),
                             body["message"].as_str().unwrap_or("")
                         )),
-                        "state" => {
-                            bar.println(format!("state: {}", body["to"].as_str().unwrap_or("")))
-                        }
+                        "state" => say(format!("state: {}", body["to"].as_str().unwrap_or(""))),
                         "step" => {
                             if let Some(summary) = body["summary"].as_str() {
-                                bar.println(format!(
+                                say(format!(
                                     "step {} {}: {summary}",
                                     body["step"].as_str().unwrap_or(""),
                                     body["status"].as_str().unwrap_or("")

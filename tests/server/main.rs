@@ -1,1 +1,7 @@
-//! End-to-end tests of the `plover` binary: a real server process on loopback.
+//! End-to-end tests of the `plover` binary: a real server process on loopback, real plugins
+//! built from source, real sled files.
+
+mod api;
+mod cli;
+mod common;
+mod kill;

@@ -186,3 +186,29 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         })
     }
 }
+
+/// A caller with at least the role named by the type; the check runs before the request body
+/// is read, so a caller without the role gets 403 whatever it sent.
+macro_rules! role_extractor {
+    ($name:ident, $role:expr) => {
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Caller);
+
+        impl FromRequestParts<Arc<AppState>> for $name {
+            type Rejection = AppError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &Arc<AppState>,
+            ) -> Result<Self, Self::Rejection> {
+                let caller = Caller::from_request_parts(parts, state).await?;
+                caller.require($role)?;
+                Ok($name(caller))
+            }
+        }
+    };
+}
+
+role_extractor!(AsViewer, Role::Viewer);
+role_extractor!(AsOperator, Role::Operator);
+role_extractor!(AsAdmin, Role::Admin);

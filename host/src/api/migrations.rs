@@ -1,7 +1,7 @@
 //! `/api/v1/migrations`: create, list, show, act on, delete; logs and object results paged.
 
 use super::AppState;
-use super::auth::{Caller, Role};
+use super::auth::{AsOperator, AsViewer};
 use super::error::AppError;
 use crate::engine::state::JobStatus;
 use crate::engine::{ListFilter, NewMigration};
@@ -58,10 +58,9 @@ pub async fn blocking<T: Send + 'static>(
 
 pub async fn create(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     JsonBody(req): JsonBody<NewMigration>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Operator)?;
     let engine = s.engine.clone();
     let snap = blocking(move || Ok(engine.create(req, &caller.name)?)).await?;
     Ok((StatusCode::CREATED, Json(snap)))
@@ -78,16 +77,12 @@ pub struct ListQuery {
 
 pub async fn list(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
     let status = match q.status {
-        Some(st) => Some(
-            st.parse::<JobStatus>()
-                .map_err(|e| AppError::bad_request(e))?,
-        ),
+        Some(st) => Some(st.parse::<JobStatus>().map_err(AppError::bad_request)?),
         None => None,
     };
     Ok(Json(s.engine.list(&ListFilter {
@@ -100,19 +95,17 @@ pub async fn list(
 
 pub async fn show(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Viewer)?;
     Ok(Json(s.engine.snapshot(&id)?))
 }
 
 pub async fn remove(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Operator)?;
     let engine = s.engine.clone();
     blocking(move || Ok(engine.delete(&id, &caller.name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -122,10 +115,9 @@ pub async fn remove(
 /// cancel, retry, rollback. Answers 202 with the snapshot; the work goes on in the background.
 pub async fn act(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Operator)?;
     let engine = s.engine.clone();
     let actor = caller.name.clone();
     let snap = blocking(move || {
@@ -160,11 +152,10 @@ pub struct PageQuery {
 
 pub async fn logs(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
     Path(id): Path<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
     let lines = s
         .engine
@@ -177,11 +168,10 @@ pub async fn logs(
 
 pub async fn objects(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
     Path(id): Path<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
     let from = q.after.map(|a| a + 1).unwrap_or(0);
     let items = s.engine.objects(&id, from, q.limit.unwrap_or(500))?;

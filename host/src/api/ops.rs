@@ -1,7 +1,7 @@
 //! Operations endpoints: health, readiness, Prometheus metrics, API tokens, the 404 fallback.
 
 use super::AppState;
-use super::auth::{Caller, Role};
+use super::auth::{AsAdmin, Role};
 use super::error::AppError;
 use super::migrations::JsonBody;
 use crate::engine::state::{JobStatus, StepStatus};
@@ -137,10 +137,9 @@ pub struct NewToken {
 
 pub async fn create_token(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsAdmin,
     JsonBody(req): JsonBody<NewToken>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Admin)?;
     let token = s
         .tokens
         .create(&req.name, req.role, None)
@@ -153,18 +152,16 @@ pub async fn create_token(
 
 pub async fn list_tokens(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsAdmin,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Admin)?;
     Ok(Json(s.tokens.list()))
 }
 
 pub async fn revoke_token(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsAdmin,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Admin)?;
     match s.tokens.revoke(&name) {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(AppError::not_found(format!("no token named '{name}'"))),

@@ -1,7 +1,7 @@
 //! `/api/v1/plugins`: upload (raw component bytes), list, show, delete.
 
 use super::AppState;
-use super::auth::{Caller, Role};
+use super::auth::{AsAdmin, AsViewer};
 use super::error::AppError;
 use super::migrations::blocking;
 use axum::Json;
@@ -14,9 +14,8 @@ use std::sync::Arc;
 
 pub async fn list(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Viewer)?;
     let all: Vec<_> = s
         .engine
         .registry()
@@ -34,10 +33,9 @@ fn parse_version(v: &str) -> Result<Version, AppError> {
 
 pub async fn show(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Viewer)?;
     let plugin = s
         .engine
         .registry()
@@ -49,10 +47,9 @@ pub async fn show(
 /// Validate, precompile and store a component; 201 with its summary (200 if already loaded).
 pub async fn upload(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    AsAdmin(caller): AsAdmin,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Admin)?;
     let bytes =
         body.map_err(|e| AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.body_text()))?;
     if bytes.is_empty() {
@@ -82,10 +79,9 @@ pub async fn upload(
 /// Unload and forget a plugin; refused while a job that is not finished uses it.
 pub async fn remove(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsAdmin,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
-    caller.require(Role::Admin)?;
     let v = parse_version(&version)?;
     let plugin = s
         .engine

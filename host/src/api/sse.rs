@@ -8,7 +8,7 @@
 //! `GET /api/v1/events`: state changes of every job, live only (no replay).
 
 use super::AppState;
-use super::auth::{Caller, Role};
+use super::auth::AsViewer;
 use super::error::AppError;
 use crate::engine::job::FeedEvent;
 use axum::extract::{Path, Query, State};
@@ -55,12 +55,11 @@ fn to_event(e: &FeedEvent) -> Event {
 
 pub async fn job_events(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(q): Query<AfterQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    caller.require(Role::Viewer)?;
     let handle = s.engine.job_handle(&id)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -134,9 +133,8 @@ pub async fn job_events(
 
 pub async fn all_events(
     State(s): State<Arc<AppState>>,
-    caller: Caller,
+    _: AsViewer,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    caller.require(Role::Viewer)?;
     let rx = s.engine.subscribe_changes();
     let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
         if first {
@@ -147,22 +145,17 @@ pub async fn all_events(
                 (rx, false),
             ));
         }
-        loop {
-            match rx.recv().await {
-                Ok(change) => {
-                    let event = Event::default()
-                        .event("state")
-                        .json_data(&change)
-                        .unwrap_or_else(|_| Event::default().event("state"));
-                    return Some((Ok(event), (rx, false)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let event = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(event), (rx, false)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let event = match rx.recv().await {
+            Ok(change) => Event::default()
+                .event("state")
+                .json_data(&change)
+                .unwrap_or_else(|_| Event::default().event("state")),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(n.to_string())
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), (rx, false)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }

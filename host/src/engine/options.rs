@@ -104,10 +104,10 @@ impl JobOptions {
         if self.max_log_lines == 0 || self.max_log_lines > 1_000_000 {
             return Err("max_log_lines must be 1 to 1000000".into());
         }
-        if let Some(url) = &self.webhook {
-            if !(url.starts_with("http://") && url.len() > "http://".len()) {
-                return Err("webhook must be an http:// URL".into());
-            }
+        if let Some(url) = &self.webhook
+            && !(url.starts_with("http://") && url.len() > "http://".len())
+        {
+            return Err("webhook must be an http:// URL".into());
         }
         Ok(())
     }

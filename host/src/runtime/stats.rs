@@ -46,10 +46,8 @@ pub(crate) fn record_call(took: Duration, failure: Option<&PluginFailure>) {
     STATS
         .sum_micros
         .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    if let Some(f) = failure {
-        if let Some(i) = CAUSES.iter().position(|c| *c == f.cause_name()) {
-            STATS.kills[i].fetch_add(1, Ordering::Relaxed);
-        }
+    if let Some(i) = failure.and_then(|f| CAUSES.iter().position(|c| *c == f.cause_name())) {
+        STATS.kills[i].fetch_add(1, Ordering::Relaxed);
     }
 }
 

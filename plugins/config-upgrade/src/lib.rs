@@ -39,7 +39,10 @@ const KNOWN_VERSIONS: [&str; 2] = ["2.0.0", "3.0.0"];
 impl Params {
     fn target(&self) -> Result<Version, MigrationError> {
         let v = Version::parse(&self.target_version).map_err(|e| {
-            MigrationError::invalid_spec(format!("target_version '{}' is not semver: {e}", self.target_version))
+            MigrationError::invalid_spec(format!(
+                "target_version '{}' is not semver: {e}",
+                self.target_version
+            ))
         })?;
         if !KNOWN_VERSIONS.contains(&v.to_string().as_str()) {
             return Err(MigrationError::invalid_spec(format!(
@@ -65,14 +68,27 @@ fn doc_version(key: &str, doc: &Map<String, Value>) -> Result<Version, DocProble
     let text = doc
         .get(VERSION_FIELD)
         .and_then(Value::as_str)
-        .ok_or_else(|| problem("no-version", format!("{key} has no string field '{VERSION_FIELD}'")))?;
-    Version::parse(text).map_err(|e| problem("bad-version", format!("{key}: schema_version '{text}' is not semver: {e}")))
+        .ok_or_else(|| {
+            problem(
+                "no-version",
+                format!("{key} has no string field '{VERSION_FIELD}'"),
+            )
+        })?;
+    Version::parse(text).map_err(|e| {
+        problem(
+            "bad-version",
+            format!("{key}: schema_version '{text}' is not semver: {e}"),
+        )
+    })
 }
 
 fn parse_doc(key: &str, bytes: &[u8]) -> Result<Map<String, Value>, DocProblem> {
     match serde_json::from_slice(bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(problem("not-an-object", format!("{key} is not a JSON object"))),
+        Ok(_) => Err(problem(
+            "not-an-object",
+            format!("{key} is not a JSON object"),
+        )),
         Err(e) => Err(problem("not-json", format!("{key} is not JSON: {e}"))),
     }
 }
@@ -82,7 +98,10 @@ fn upgrade_doc(key: &str, bytes: &[u8], target: &Version) -> Result<Option<Vec<u
     let mut doc = parse_doc(key, bytes)?;
     let mut version = doc_version(key, &doc)?;
     if &version > target {
-        return Err(problem("newer-than-target", format!("{key} is at {version}, newer than the target {target}")));
+        return Err(problem(
+            "newer-than-target",
+            format!("{key} is at {version}, newer than the target {target}"),
+        ));
     }
     if &version == target {
         return Ok(None);
@@ -96,7 +115,9 @@ fn upgrade_doc(key: &str, bytes: &[u8], target: &Version) -> Result<Option<Vec<u
         version = Version::new(3, 0, 0);
     }
     doc.insert(VERSION_FIELD.into(), Value::String(version.to_string()));
-    Ok(Some(serde_json::to_vec(&doc).expect("a JSON object always serialises")))
+    Ok(Some(
+        serde_json::to_vec(&doc).expect("a JSON object always serialises"),
+    ))
 }
 
 fn to_v2(key: &str, doc: &mut Map<String, Value>) -> Result<(), DocProblem> {
@@ -104,7 +125,10 @@ fn to_v2(key: &str, doc: &mut Map<String, Value>) -> Result<(), DocProblem> {
         let seconds = timeout
             .as_f64()
             .ok_or_else(|| problem("bad-field", format!("{key}: timeout is not a number")))?;
-        doc.insert("timeout_ms".into(), json!((seconds * 1000.0).round() as u64));
+        doc.insert(
+            "timeout_ms".into(),
+            json!((seconds * 1000.0).round() as u64),
+        );
     }
     let host = doc.remove("db_host");
     let port = doc.remove("db_port");
@@ -121,7 +145,12 @@ fn to_v3(key: &str, doc: &mut Map<String, Value>) -> Result<(), DocProblem> {
             .ok_or_else(|| problem("bad-field", format!("{key}: features is not a list")))?;
         let mut map = Map::new();
         for f in list {
-            let name = f.as_str().ok_or_else(|| problem("bad-field", format!("{key}: a feature name is not a string")))?;
+            let name = f.as_str().ok_or_else(|| {
+                problem(
+                    "bad-field",
+                    format!("{key}: a feature name is not a string"),
+                )
+            })?;
             map.insert(name.into(), Value::Bool(true));
         }
         doc.insert("features".into(), Value::Object(map));
@@ -195,25 +224,43 @@ impl Handler for ConfigUpgrade {
         let target = params.target()?;
         let total = Bucket::open("configs")?.count(&params.prefix)?;
         Ok(MigrationPlan::low_risk(vec![
-            PlanStep::new("backup", StepKind::Backup, format!("Back up {total} config documents byte for byte"))
-                .expecting(total)
-                .reversible()
-                .resumable(),
-            PlanStep::new("upgrade", StepKind::Migration, format!("Upgrade config documents to schema {target}"))
-                .after(&["backup"])
-                .expecting(total)
-                .reversible()
-                .resumable(),
-            PlanStep::new("verify", StepKind::Verification, "Check every document is at the target schema")
-                .after(&["upgrade"])
-                .expecting(total)
-                .reversible()
-                .resumable(),
+            PlanStep::new(
+                "backup",
+                StepKind::Backup,
+                format!("Back up {total} config documents byte for byte"),
+            )
+            .expecting(total)
+            .reversible()
+            .resumable(),
+            PlanStep::new(
+                "upgrade",
+                StepKind::Migration,
+                format!("Upgrade config documents to schema {target}"),
+            )
+            .after(&["backup"])
+            .expecting(total)
+            .reversible()
+            .resumable(),
+            PlanStep::new(
+                "verify",
+                StepKind::Verification,
+                "Check every document is at the target schema",
+            )
+            .after(&["upgrade"])
+            .expecting(total)
+            .reversible()
+            .resumable(),
         ])
-        .with_risk(RiskLevel::Medium, "services read these documents; a bad upgrade breaks their start-up"))
+        .with_risk(
+            RiskLevel::Medium,
+            "services read these documents; a bad upgrade breaks their start-up",
+        ))
     }
 
-    fn validate(spec: MigrationSpec, _plan: MigrationPlan) -> Result<ValidationReport, MigrationError> {
+    fn validate(
+        spec: MigrationSpec,
+        _plan: MigrationPlan,
+    ) -> Result<ValidationReport, MigrationError> {
         spec.require_bindings(&["configs"])?;
         let params: Params = spec.params()?;
         let target = params.target()?;
@@ -223,21 +270,32 @@ impl Handler for ConfigUpgrade {
         }
         let (mut current, mut problems) = (0u64, 0u64);
         let configs = Bucket::open("configs")?;
-        for_each_batch(&configs, &params.prefix, spec.options.batch_size, Cursor::default(), None, false, |entries| {
-            for (key, bytes) in entries {
-                match upgrade_doc(&key, &bytes, &target) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => current += 1,
-                    Err(p) => {
-                        problems += 1;
-                        if problems <= 20 {
-                            findings.push(Finding::new(Severity::Error, p.code, p.message).for_step("upgrade"));
+        for_each_batch(
+            &configs,
+            &params.prefix,
+            spec.options.batch_size,
+            Cursor::default(),
+            None,
+            false,
+            |entries| {
+                for (key, bytes) in entries {
+                    match upgrade_doc(&key, &bytes, &target) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => current += 1,
+                        Err(p) => {
+                            problems += 1;
+                            if problems <= 20 {
+                                findings.push(
+                                    Finding::new(Severity::Error, p.code, p.message)
+                                        .for_step("upgrade"),
+                                );
+                            }
                         }
                     }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         if current > 0 {
             findings.push(Finding::new(
                 Severity::Info,
@@ -248,7 +306,11 @@ impl Handler for ConfigUpgrade {
         Ok(ValidationReport { findings })
     }
 
-    fn execute(spec: MigrationSpec, step: PlanStep, checkpoint: Option<Vec<u8>>) -> Result<StepReport, MigrationError> {
+    fn execute(
+        spec: MigrationSpec,
+        step: PlanStep,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<StepReport, MigrationError> {
         let params: Params = spec.params()?;
         let target = params.target()?;
         let configs = Bucket::open("configs")?;
@@ -257,61 +319,98 @@ impl Handler for ConfigUpgrade {
         let batch = spec.options.batch_size;
         match step.id.as_str() {
             "backup" => {
-                let n = for_each_batch(&configs, &params.prefix, batch, cursor, step.expected_objects, true, |entries| {
-                    let copies: Vec<(String, Vec<u8>)> =
-                        entries.into_iter().map(|(k, v)| (format!("{BACKUP_PREFIX}{k}"), v)).collect();
-                    backups.set_many(&copies)?;
-                    Ok(())
-                })?;
+                let n = for_each_batch(
+                    &configs,
+                    &params.prefix,
+                    batch,
+                    cursor,
+                    step.expected_objects,
+                    true,
+                    |entries| {
+                        let copies: Vec<(String, Vec<u8>)> = entries
+                            .into_iter()
+                            .map(|(k, v)| (format!("{BACKUP_PREFIX}{k}"), v))
+                            .collect();
+                        backups.set_many(&copies)?;
+                        Ok(())
+                    },
+                )?;
                 Ok(StepReport::new(format!("backed up {n} documents")))
             }
             "upgrade" => {
                 let (mut upgraded, mut skipped) = (0u64, 0u64);
-                for_each_batch(&configs, &params.prefix, batch, cursor, step.expected_objects, true, |entries| {
-                    let mut writes = vec![];
-                    let mut results = vec![];
-                    for (key, bytes) in entries {
-                        match upgrade_doc(&key, &bytes, &target) {
-                            Ok(Some(new)) => {
-                                results.push(ObjectResult::success(key.clone(), "config", 0));
-                                writes.push((key, new));
+                for_each_batch(
+                    &configs,
+                    &params.prefix,
+                    batch,
+                    cursor,
+                    step.expected_objects,
+                    true,
+                    |entries| {
+                        let mut writes = vec![];
+                        let mut results = vec![];
+                        for (key, bytes) in entries {
+                            match upgrade_doc(&key, &bytes, &target) {
+                                Ok(Some(new)) => {
+                                    results.push(ObjectResult::success(key.clone(), "config", 0));
+                                    writes.push((key, new));
+                                }
+                                Ok(None) => results.push(ObjectResult::skipped(
+                                    key,
+                                    "config",
+                                    format!("already at {target}"),
+                                )),
+                                Err(p) => return Err(MigrationError::step_failed(p.message)),
                             }
-                            Ok(None) => results.push(ObjectResult::skipped(key, "config", format!("already at {target}"))),
-                            Err(p) => return Err(MigrationError::step_failed(p.message)),
                         }
-                    }
-                    upgraded += writes.len() as u64;
-                    skipped += (results.len() - writes.len()) as u64;
-                    configs.set_many(&writes)?;
-                    record_objects(&results);
-                    Ok(())
-                })?;
-                Ok(StepReport::new(format!("upgraded {upgraded} documents, {skipped} already current")))
+                        upgraded += writes.len() as u64;
+                        skipped += (results.len() - writes.len()) as u64;
+                        configs.set_many(&writes)?;
+                        record_objects(&results);
+                        Ok(())
+                    },
+                )?;
+                Ok(StepReport::new(format!(
+                    "upgraded {upgraded} documents, {skipped} already current"
+                )))
             }
             "verify" => {
                 let mut checked = 0u64;
-                for_each_batch(&backups, BACKUP_PREFIX, batch, Cursor::default(), step.expected_objects, false, |entries| {
-                    let keys: Vec<String> = entries.iter().map(|(k, _)| k[BACKUP_PREFIX.len()..].to_string()).collect();
-                    let now = configs.get_many(&keys)?;
-                    for ((key, (_, original)), now) in keys.iter().zip(&entries).zip(now) {
-                        let expected = match upgrade_doc(key, original, &target) {
-                            Ok(Some(new)) => new,
-                            Ok(None) => original.clone(),
-                            Err(p) => return Err(MigrationError::data_corruption(p.message)),
-                        };
-                        if now.as_deref() != Some(expected.as_slice()) {
-                            return Err(MigrationError::data_corruption(format!(
-                                "{key} is not the upgrade of its backup"
-                            )));
+                for_each_batch(
+                    &backups,
+                    BACKUP_PREFIX,
+                    batch,
+                    Cursor::default(),
+                    step.expected_objects,
+                    false,
+                    |entries| {
+                        let keys: Vec<String> = entries
+                            .iter()
+                            .map(|(k, _)| k[BACKUP_PREFIX.len()..].to_string())
+                            .collect();
+                        let now = configs.get_many(&keys)?;
+                        for ((key, (_, original)), now) in keys.iter().zip(&entries).zip(now) {
+                            let expected = match upgrade_doc(key, original, &target) {
+                                Ok(Some(new)) => new,
+                                Ok(None) => original.clone(),
+                                Err(p) => return Err(MigrationError::data_corruption(p.message)),
+                            };
+                            if now.as_deref() != Some(expected.as_slice()) {
+                                return Err(MigrationError::data_corruption(format!(
+                                    "{key} is not the upgrade of its backup"
+                                )));
+                            }
                         }
-                    }
-                    checked += keys.len() as u64;
-                    Ok(())
-                })?;
+                        checked += keys.len() as u64;
+                        Ok(())
+                    },
+                )?;
                 info!("verified {checked} documents at schema {target}");
                 Ok(StepReport::new(format!("verified {checked} documents")))
             }
-            other => Err(MigrationError::invalid_spec(format!("config-upgrade has no step '{other}'"))),
+            other => Err(MigrationError::invalid_spec(format!(
+                "config-upgrade has no step '{other}'"
+            ))),
         }
     }
 
@@ -321,13 +420,25 @@ impl Handler for ConfigUpgrade {
         let batch = spec.options.batch_size;
         match step.id.as_str() {
             "upgrade" => {
-                let n = for_each_batch(&backups, BACKUP_PREFIX, batch, Cursor::default(), None, false, |entries| {
-                    let originals: Vec<(String, Vec<u8>)> =
-                        entries.into_iter().map(|(k, v)| (k[BACKUP_PREFIX.len()..].to_string(), v)).collect();
-                    configs.set_many(&originals)?;
-                    Ok(())
-                })?;
-                Ok(StepReport::new(format!("restored {n} documents from backup")))
+                let n = for_each_batch(
+                    &backups,
+                    BACKUP_PREFIX,
+                    batch,
+                    Cursor::default(),
+                    None,
+                    false,
+                    |entries| {
+                        let originals: Vec<(String, Vec<u8>)> = entries
+                            .into_iter()
+                            .map(|(k, v)| (k[BACKUP_PREFIX.len()..].to_string(), v))
+                            .collect();
+                        configs.set_many(&originals)?;
+                        Ok(())
+                    },
+                )?;
+                Ok(StepReport::new(format!(
+                    "restored {n} documents from backup"
+                )))
             }
             "backup" => {
                 // Deleting while scanning: always re-read the first page.
@@ -343,7 +454,9 @@ impl Handler for ConfigUpgrade {
                 Ok(StepReport::new(format!("dropped {dropped} backups")))
             }
             "verify" => Ok(StepReport::new("verification changes nothing")),
-            other => Err(MigrationError::invalid_spec(format!("config-upgrade has no step '{other}'"))),
+            other => Err(MigrationError::invalid_spec(format!(
+                "config-upgrade has no step '{other}'"
+            ))),
         }
     }
 }

@@ -49,10 +49,14 @@ impl Params {
             return Ok(value.to_vec());
         }
         let mut doc: Value = serde_json::from_slice(value).map_err(|e| {
-            MigrationError::step_failed(format!("value of {key} is not JSON ({e}); cannot transform it"))
+            MigrationError::step_failed(format!(
+                "value of {key} is not JSON ({e}); cannot transform it"
+            ))
         })?;
         let object = doc.as_object_mut().ok_or_else(|| {
-            MigrationError::step_failed(format!("value of {key} is not a JSON object; cannot transform it"))
+            MigrationError::step_failed(format!(
+                "value of {key} is not a JSON object; cannot transform it"
+            ))
         })?;
         for field in &self.remove_fields {
             object.remove(field);
@@ -91,20 +95,31 @@ impl Handler for KvCopy {
         spec.require_bindings(&["source", "target"])?;
         let params: Params = spec.params()?;
         if params.rename_prefix.is_some() && params.prefix.is_empty() {
-            return Err(MigrationError::invalid_spec("rename_prefix needs a non-empty prefix"));
+            return Err(MigrationError::invalid_spec(
+                "rename_prefix needs a non-empty prefix",
+            ));
         }
         let total = Bucket::open("source")?.count(&params.prefix)?;
-        let existing = Bucket::open("target")?.count(params.rename_prefix.as_deref().unwrap_or(&params.prefix))?;
+        let existing = Bucket::open("target")?
+            .count(params.rename_prefix.as_deref().unwrap_or(&params.prefix))?;
         let mut plan = MigrationPlan::low_risk(vec![
-            PlanStep::new("copy", StepKind::Migration, format!("Copy {total} keys under '{}'", params.prefix))
-                .expecting(total)
-                .reversible()
-                .resumable(),
-            PlanStep::new("verify", StepKind::Verification, "Compare counts and checksums of source and target")
-                .after(&["copy"])
-                .expecting(total)
-                .reversible()
-                .resumable(),
+            PlanStep::new(
+                "copy",
+                StepKind::Migration,
+                format!("Copy {total} keys under '{}'", params.prefix),
+            )
+            .expecting(total)
+            .reversible()
+            .resumable(),
+            PlanStep::new(
+                "verify",
+                StepKind::Verification,
+                "Compare counts and checksums of source and target",
+            )
+            .after(&["copy"])
+            .expecting(total)
+            .reversible()
+            .resumable(),
         ]);
         if existing > 0 {
             plan = plan.with_risk(
@@ -115,7 +130,10 @@ impl Handler for KvCopy {
         Ok(plan)
     }
 
-    fn validate(spec: MigrationSpec, _plan: MigrationPlan) -> Result<ValidationReport, MigrationError> {
+    fn validate(
+        spec: MigrationSpec,
+        _plan: MigrationPlan,
+    ) -> Result<ValidationReport, MigrationError> {
         spec.require_bindings(&["source", "target"])?;
         let params: Params = spec.params()?;
         let mut findings = vec![];
@@ -128,7 +146,11 @@ impl Handler for KvCopy {
         let (mut overwrites, mut untransformable) = (0u64, 0u64);
         loop {
             let page = source.scan(&params.prefix, cursor.as_deref(), batch)?;
-            let keys: Vec<String> = page.entries.iter().map(|(k, _)| params.target_key(k)).collect();
+            let keys: Vec<String> = page
+                .entries
+                .iter()
+                .map(|(k, _)| params.target_key(k))
+                .collect();
             let current = target.get_many(&keys)?;
             for ((key, value), old) in page.entries.iter().zip(current) {
                 match params.target_value(key, value) {
@@ -150,7 +172,10 @@ impl Handler for KvCopy {
                     Err(e) => {
                         untransformable += 1;
                         if untransformable <= 10 {
-                            findings.push(Finding::new(Severity::Error, "value-not-transformable", e.message).for_step("copy"));
+                            findings.push(
+                                Finding::new(Severity::Error, "value-not-transformable", e.message)
+                                    .for_step("copy"),
+                            );
                         }
                     }
                 }
@@ -161,20 +186,34 @@ impl Handler for KvCopy {
             }
         }
         if overwrites > 10 {
-            findings.push(Finding::new(Severity::Warning, "target-key-exists", format!("{overwrites} target keys in all will be overwritten")));
+            findings.push(Finding::new(
+                Severity::Warning,
+                "target-key-exists",
+                format!("{overwrites} target keys in all will be overwritten"),
+            ));
         }
         if untransformable > 10 {
-            findings.push(Finding::new(Severity::Error, "value-not-transformable", format!("{untransformable} values in all cannot be transformed")));
+            findings.push(Finding::new(
+                Severity::Error,
+                "value-not-transformable",
+                format!("{untransformable} values in all cannot be transformed"),
+            ));
         }
         Ok(ValidationReport { findings })
     }
 
-    fn execute(spec: MigrationSpec, step: PlanStep, checkpoint: Option<Vec<u8>>) -> Result<StepReport, MigrationError> {
+    fn execute(
+        spec: MigrationSpec,
+        step: PlanStep,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<StepReport, MigrationError> {
         let params: Params = spec.params()?;
         match step.id.as_str() {
             "copy" => copy(&spec, &params, &step, checkpoint),
             "verify" => verify(&spec, &params, &step),
-            other => Err(MigrationError::invalid_spec(format!("kv-copy has no step '{other}'"))),
+            other => Err(MigrationError::invalid_spec(format!(
+                "kv-copy has no step '{other}'"
+            ))),
         }
     }
 
@@ -182,16 +221,28 @@ impl Handler for KvCopy {
         match step.id.as_str() {
             "copy" => undo_copy(),
             "verify" => Ok(StepReport::new("verification changes nothing")),
-            other => Err(MigrationError::invalid_spec(format!("kv-copy has no step '{other}'"))),
+            other => Err(MigrationError::invalid_spec(format!(
+                "kv-copy has no step '{other}'"
+            ))),
         }
     }
 }
 
-fn copy(spec: &MigrationSpec, params: &Params, step: &PlanStep, checkpoint: Option<Vec<u8>>) -> Result<StepReport, MigrationError> {
-    let (source, target, journal) = (Bucket::open("source")?, Bucket::open("target")?, Bucket::job_state());
+fn copy(
+    spec: &MigrationSpec,
+    params: &Params,
+    step: &PlanStep,
+    checkpoint: Option<Vec<u8>>,
+) -> Result<StepReport, MigrationError> {
+    let (source, target, journal) = (
+        Bucket::open("source")?,
+        Bucket::open("target")?,
+        Bucket::job_state(),
+    );
     let mut state: CopyCheckpoint = match checkpoint {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| MigrationError::data_corruption(format!("unreadable copy checkpoint: {e}")))?,
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            MigrationError::data_corruption(format!("unreadable copy checkpoint: {e}"))
+        })?,
         None => CopyCheckpoint::default(),
     };
     if state.copied > 0 {
@@ -215,12 +266,18 @@ fn copy(spec: &MigrationSpec, params: &Params, step: &PlanStep, checkpoint: Opti
         target.set_many(&writes)?;
 
         let per_object = started.elapsed().as_micros() as u64 / writes.len() as u64;
-        let results: Vec<ObjectResult> =
-            writes.iter().map(|(key, _)| ObjectResult::success(key.clone(), "key", per_object)).collect();
+        let results: Vec<ObjectResult> = writes
+            .iter()
+            .map(|(key, _)| ObjectResult::success(key.clone(), "key", per_object))
+            .collect();
         record_objects(&results);
         state.copied += writes.len() as u64;
         state.cursor = page.next_cursor;
-        progress(state.copied, step.expected_objects, writes.last().map(|(k, _)| k.as_str()));
+        progress(
+            state.copied,
+            step.expected_objects,
+            writes.last().map(|(k, _)| k.as_str()),
+        );
         save_checkpoint(&serde_json::to_vec(&state).expect("checkpoint serialises"));
         if state.cursor.is_none() {
             break;
@@ -231,10 +288,19 @@ fn copy(spec: &MigrationSpec, params: &Params, step: &PlanStep, checkpoint: Opti
 
 /// Journal what each target key held before this job first wrote it. A key already journaled
 /// (by an earlier, interrupted run of the same batch) keeps its original entry.
-fn journal_old_values(target: &Bucket, journal: &Bucket, writes: &[(String, Vec<u8>)]) -> Result<(), MigrationError> {
-    let journal_keys: Vec<String> = writes.iter().map(|(k, _)| format!("{JOURNAL_PREFIX}{k}")).collect();
+fn journal_old_values(
+    target: &Bucket,
+    journal: &Bucket,
+    writes: &[(String, Vec<u8>)],
+) -> Result<(), MigrationError> {
+    let journal_keys: Vec<String> = writes
+        .iter()
+        .map(|(k, _)| format!("{JOURNAL_PREFIX}{k}"))
+        .collect();
     let already = journal.get_many(&journal_keys)?;
-    let fresh: Vec<usize> = (0..writes.len()).filter(|&i| already[i].is_none()).collect();
+    let fresh: Vec<usize> = (0..writes.len())
+        .filter(|&i| already[i].is_none())
+        .collect();
     if fresh.is_empty() {
         return Ok(());
     }
@@ -276,7 +342,11 @@ fn undo_copy() -> Result<StepReport, MigrationError> {
             match entry.split_first() {
                 Some((&PRESENT, old)) => to_restore.push((key, old.to_vec())),
                 Some((&ABSENT, _)) => to_delete.push(key),
-                _ => return Err(MigrationError::data_corruption(format!("bad journal entry for {key}"))),
+                _ => {
+                    return Err(MigrationError::data_corruption(format!(
+                        "bad journal entry for {key}"
+                    )));
+                }
             }
         }
         target.delete_many(&to_delete)?;
@@ -288,10 +358,16 @@ fn undo_copy() -> Result<StepReport, MigrationError> {
         progress(deleted + restored, None, None);
     }
     info!("rollback of copy: deleted {deleted} new keys, restored {restored} overwritten keys");
-    Ok(StepReport::new(format!("deleted {deleted} keys, restored {restored} keys")))
+    Ok(StepReport::new(format!(
+        "deleted {deleted} keys, restored {restored} keys"
+    )))
 }
 
-fn verify(spec: &MigrationSpec, params: &Params, step: &PlanStep) -> Result<StepReport, MigrationError> {
+fn verify(
+    spec: &MigrationSpec,
+    params: &Params,
+    step: &PlanStep,
+) -> Result<StepReport, MigrationError> {
     let (source, target) = (Bucket::open("source")?, Bucket::open("target")?);
     let batch = spec.options.batch_size.max(1);
     let (mut expected_digest, mut actual_digest) = (Sha256::new(), Sha256::new());
@@ -302,7 +378,11 @@ fn verify(spec: &MigrationSpec, params: &Params, step: &PlanStep) -> Result<Step
             return Err(MigrationError::cancelled().retryable());
         }
         let page = source.scan(&params.prefix, cursor.as_deref(), batch)?;
-        let keys: Vec<String> = page.entries.iter().map(|(k, _)| params.target_key(k)).collect();
+        let keys: Vec<String> = page
+            .entries
+            .iter()
+            .map(|(k, _)| params.target_key(k))
+            .collect();
         let actual = target.get_many(&keys)?;
         for (((source_key, value), key), actual) in page.entries.iter().zip(&keys).zip(actual) {
             let expected = params.target_value(source_key, value)?;
@@ -313,20 +393,29 @@ fn verify(spec: &MigrationSpec, params: &Params, step: &PlanStep) -> Result<Step
             }
         }
         count += keys.len() as u64;
-        progress(count, step.expected_objects, keys.last().map(String::as_str));
+        progress(
+            count,
+            step.expected_objects,
+            keys.last().map(String::as_str),
+        );
         cursor = page.next_cursor;
         if cursor.is_none() {
             break;
         }
     }
-    let (expected, actual) = (hex(&expected_digest.finalize()), hex(&actual_digest.finalize()));
+    let (expected, actual) = (
+        hex(&expected_digest.finalize()),
+        hex(&actual_digest.finalize()),
+    );
     if let Some(key) = first_mismatch {
         return Err(MigrationError::data_corruption(format!(
             "target differs from source: checksum {actual} != {expected}; first differing key {key}"
         )));
     }
     info!("verified {count} keys, sha256 {actual}");
-    Ok(StepReport::new(format!("verified {count} keys, sha256 {actual}")))
+    Ok(StepReport::new(format!(
+        "verified {count} keys, sha256 {actual}"
+    )))
 }
 
 fn hash_entry(digest: &mut Sha256, key: &str, value: Option<&[u8]>) {

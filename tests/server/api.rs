@@ -1,0 +1,491 @@
+//! The HTTP API of a real server: lifecycles, live progress over SSE, authorization, bad input.
+
+use super::common::{ADMIN, Server, plugin_dir};
+use plover_tests::artifacts;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::Duration;
+
+fn server() -> (Server, tempfile::TempDir, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    (Server::start(data.path(), plugins.path()), data, plugins)
+}
+
+fn create(s: &Server, body: Value) -> String {
+    let (status, job) = s.post("/migrations", ADMIN, &body);
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_str().unwrap().to_string()
+}
+
+fn stepper(s: &Server, steps: Value) -> String {
+    create(
+        s,
+        json!({ "handler": "stepper", "parameters": { "steps": steps }, "grants": { "data": "data" } }),
+    )
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SseEvent {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// Read events until `final` (included) or until `max` events were read.
+fn read_sse(resp: reqwest::blocking::Response, max: Option<usize>) -> (Vec<SseEvent>, bool) {
+    let mut out = vec![];
+    let (mut id, mut event, mut data) = (None, String::new(), String::new());
+    let mut saw_retry = false;
+    for line in BufReader::new(resp).lines() {
+        let line = line.unwrap();
+        if line.starts_with("retry:") {
+            saw_retry = true;
+        } else if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        } else if line.is_empty() && !data.is_empty() {
+            let e = SseEvent {
+                id: id.take(),
+                event: std::mem::take(&mut event),
+                data: serde_json::from_str(&data).unwrap(),
+            };
+            data.clear();
+            let is_final = e.event == "final";
+            out.push(e);
+            if is_final || max.is_some_and(|m| out.len() >= m) {
+                break;
+            }
+        }
+    }
+    (out, saw_retry)
+}
+
+fn events(s: &Server, id: &str, last_event_id: Option<u64>) -> reqwest::blocking::Response {
+    let mut req = s
+        .http
+        .get(s.api(&format!("/migrations/{id}/events")))
+        .bearer_auth(ADMIN)
+        .timeout(Duration::from_secs(120));
+    if let Some(l) = last_event_id {
+        req = req.header("Last-Event-ID", l.to_string());
+    }
+    let resp = req.send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    resp
+}
+
+#[test]
+fn kv_copy_and_config_upgrade_lifecycles_over_http() {
+    let (s, _d, _p) = server();
+    // Seed through a job: config-upgrade reads a bucket the stepper cannot fill, so use
+    // kv-copy's empty-source run to check the plain lifecycle, then config-upgrade on an empty
+    // bucket for the plan/dry-run/execute/rollback path.
+    let id = create(
+        &s,
+        json!({ "handler": "kv-copy@^1", "kind": "session-store-move", "grants": { "source": "a", "target": "b" } }),
+    );
+    let (status, job) = s.post(&format!("/migrations/{id}/validate"), ADMIN, &json!({}));
+    assert_eq!(status, 202, "{job}");
+    let checked = s.wait_for(&id, |j| j["status"] == "planned" && !j["dry_run"].is_null());
+    assert_eq!(checked["dry_run"]["passed"], true);
+    let (status, _) = s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    assert_eq!(status, 202);
+    let done = s.wait_for(&id, |j| j["status"] == "completed");
+    assert_eq!(done["percentage"], 100.0);
+    assert_eq!(done["steps"].as_array().unwrap().len(), 2);
+
+    let id = create(
+        &s,
+        json!({ "handler": "config-upgrade", "parameters": { "target_version": "3.0.0" }, "grants": { "configs": "cfg" }, "options": { "approval_required": true } }),
+    );
+    let (_, job) = s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    assert_eq!(job["status"], "awaiting-approval");
+    s.post(&format!("/migrations/{id}/approve"), ADMIN, &json!({}));
+    let done = s.wait_for(&id, |j| j["status"] == "completed");
+    assert_eq!(done["approval"]["by"], "admin");
+    s.post(&format!("/migrations/{id}/rollback"), ADMIN, &json!({}));
+    s.wait_for(&id, |j| j["status"] == "rolled-back");
+    let (_, logs) = s.get(&format!("/migrations/{id}/logs?limit=100"), ADMIN);
+    assert!(logs["items"].as_array().unwrap().iter().any(|l| {
+        l["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("verified 0 documents")
+    }));
+    let (_, page) = s.get("/migrations?status=rolled-back", ADMIN);
+    assert_eq!(page["total"], 1);
+    assert!(
+        page["items"][0].get("plan").is_none(),
+        "list items are summaries"
+    );
+}
+
+#[test]
+fn sse_reconnect_with_last_event_id_gets_exactly_the_missed_events() {
+    let (s, _d, _p) = server();
+    let id = stepper(
+        &s,
+        json!([{ "id": "a", "batches": 120, "batch_ms": 10 }, { "id": "b", "after": ["a"], "batches": 40, "batch_ms": 5 }]),
+    );
+    let first = events(&s, &id, None);
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let (part1, saw_retry) = read_sse(first, Some(10));
+    assert!(saw_retry, "a retry: hint comes first");
+    assert_eq!(part1.len(), 10);
+    let last = part1.last().unwrap().id.unwrap();
+    // Disconnected; the job goes on.
+    std::thread::sleep(Duration::from_millis(300));
+    let (part2, _) = read_sse(events(&s, &id, Some(last)), None);
+    assert_eq!(part2.last().unwrap().event, "final");
+    assert_eq!(part2.last().unwrap().data["status"], "completed");
+
+    let ids: Vec<u64> = part1.iter().chain(&part2).filter_map(|e| e.id).collect();
+    let expected: Vec<u64> = (1..=*ids.last().unwrap()).collect();
+    assert_eq!(ids, expected, "every event once, none missed, in order");
+
+    // A client connecting after the end gets the whole history and the final event.
+    let (all, _) = read_sse(events(&s, &id, None), None);
+    assert_eq!(
+        all.iter().filter_map(|e| e.id).collect::<Vec<_>>(),
+        expected
+    );
+    let kinds: std::collections::BTreeSet<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    for k in [
+        "state", "step", "progress", "log", "objects", "audit", "final",
+    ] {
+        assert!(kinds.contains(k), "no {k} event in {kinds:?}");
+    }
+}
+
+#[test]
+fn concurrent_watchers_see_the_same_sequence() {
+    let (s, _d, _p) = server();
+    let id = stepper(&s, json!([{ "id": "a", "batches": 80, "batch_ms": 5 }]));
+    let watchers: Vec<_> = (0..2)
+        .map(|_| {
+            let resp = events(&s, &id, None);
+            std::thread::spawn(move || read_sse(resp, None).0)
+        })
+        .collect();
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let seen: Vec<Vec<SseEvent>> = watchers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(seen[0].len(), seen[1].len());
+    let strip = |v: &Vec<SseEvent>| {
+        v.iter()
+            .filter(|e| e.event != "final")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&seen[0]), strip(&seen[1]));
+    assert!(seen[0].len() > 80);
+}
+
+#[test]
+fn authorization_table_every_endpoint_by_role() {
+    let (s, _d, _p) = server();
+    let mut tokens = std::collections::BTreeMap::new();
+    for role in ["viewer", "operator", "admin2"] {
+        let r = if role == "admin2" { "admin" } else { role };
+        let (status, body) = s.post("/tokens", ADMIN, &json!({ "name": role, "role": r }));
+        assert_eq!(status, 201, "{body}");
+        tokens.insert(role, body["token"].as_str().unwrap().to_string());
+    }
+    let id = stepper(&s, json!([{ "id": "a" }]));
+    let before = s.job(&id)["last_event_seq"].clone();
+
+    // (method, path, body, least role). Paths point at things that do not exist where the
+    // request would otherwise change something, so allowed requests fail after auth instead.
+    let table: Vec<(&str, String, Option<Value>, u8)> = vec![
+        ("GET", "/plugins".into(), None, 1),
+        ("POST", "/plugins".into(), Some(json!(null)), 3),
+        ("GET", "/plugins/kv-copy/1.2.0".into(), None, 1),
+        ("DELETE", "/plugins/nope/1.0.0".into(), None, 3),
+        ("GET", "/migrations".into(), None, 1),
+        (
+            "POST",
+            "/migrations".into(),
+            Some(json!({ "handler": "nope" })),
+            2,
+        ),
+        ("GET", format!("/migrations/{id}"), None, 1),
+        ("DELETE", "/migrations/nope".into(), None, 2),
+        ("GET", format!("/migrations/{id}/logs"), None, 1),
+        ("GET", format!("/migrations/{id}/objects"), None, 1),
+        (
+            "POST",
+            "/migrations/nope/execute".into(),
+            Some(json!({})),
+            2,
+        ),
+        (
+            "POST",
+            "/migrations/nope/rollback".into(),
+            Some(json!({})),
+            2,
+        ),
+        (
+            "POST",
+            "/migrations/nope/approve".into(),
+            Some(json!({})),
+            2,
+        ),
+        ("POST", "/migrations/nope/cancel".into(), Some(json!({})), 2),
+        ("GET", "/tokens".into(), None, 3),
+        ("POST", "/tokens".into(), Some(json!({ "name": "x" })), 3),
+        ("DELETE", "/tokens/nope".into(), None, 3),
+    ];
+    let callers: [(&str, Option<String>, u8); 5] = [
+        ("no token", None, 0),
+        ("bad token", Some("plv_not-a-token".into()), 0),
+        ("viewer", Some(tokens["viewer"].clone()), 1),
+        ("operator", Some(tokens["operator"].clone()), 2),
+        ("admin", Some(tokens["admin2"].clone()), 3),
+    ];
+    for (method, path, body, least) in &table {
+        for (who, token, level) in &callers {
+            let mut req = s.http.request(method.parse().unwrap(), s.api(path));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let status = req.send().unwrap().status().as_u16();
+            let expected_denial = if *level == 0 { 401 } else { 403 };
+            if level >= least {
+                assert!(
+                    status != 401 && status != 403,
+                    "{who} {method} {path}: got {status}, expected access"
+                );
+            } else {
+                assert_eq!(status, expected_denial, "{who} {method} {path}");
+            }
+        }
+    }
+    assert_eq!(
+        s.job(&id)["last_event_seq"],
+        before,
+        "no denied request changed the job"
+    );
+    let (_, page) = s.get("/migrations", ADMIN);
+    assert_eq!(page["total"], 1);
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            s.http
+                .get(format!("{}{open}", s.url))
+                .send()
+                .unwrap()
+                .status(),
+            200,
+            "{open}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_its_4xx_and_changes_nothing() {
+    let (s, _d, _p) = server();
+    let id = stepper(&s, json!([{ "id": "a" }]));
+    let seq = s.job(&id)["last_event_seq"].clone();
+    let raw = |method: &str, path: &str, ctype: &str, body: Vec<u8>| {
+        let r = s
+            .http
+            .request(method.parse().unwrap(), s.api(path))
+            .bearer_auth(ADMIN)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let cases: Vec<(u16, &str, (u16, Value))> = vec![
+        (400, "bad-request", raw("POST", "/migrations", "application/json", b"{not json".to_vec())),
+        (422, "invalid-body", raw("POST", "/migrations", "application/json", br#"{"handler": 5}"#.to_vec())),
+        (422, "invalid-body", raw("POST", "/migrations", "application/json", br#"{"handler": "stepper", "surprise": 1}"#.to_vec())),
+        (400, "bad-request", raw("POST", "/migrations", "text/plain", br#"{"handler": "stepper"}"#.to_vec())),
+        (413, "too-large", raw("POST", "/migrations", "application/json", vec![b' '; 65 << 20])),
+        (422, "not-wasm", raw("POST", "/plugins", "application/wasm", b"random bytes, not a component".to_vec())),
+        (422, "core-module", raw("POST", "/plugins", "application/wasm", wat::parse_str("(module)").unwrap())),
+        (422, "wrong-world", raw("POST", "/plugins", "application/wasm", std::fs::read(artifacts::NOT_A_HANDLER).unwrap())),
+        (422, "contract-version", raw("POST", "/plugins", "application/wasm", std::fs::read(artifacts::FUTURE_CONTRACT).unwrap())),
+        (404, "not-found", raw("GET", "/migrations/no-such-id", "application/json", vec![])),
+        (404, "not-found", raw("POST", "/migrations/no-such-id/execute", "application/json", vec![])),
+        (404, "not-found", raw("POST", &format!("/migrations/{id}/explode"), "application/json", vec![])),
+        (409, "illegal-transition", raw("POST", &format!("/migrations/{id}/rollback"), "application/json", vec![])),
+        (422, "invalid-request", raw("POST", "/migrations", "application/json", serde_json::to_vec(&json!({ "handler": "stepper", "options": { "batch_size": 0 } })).unwrap())),
+        (422, "unknown-plugin", raw("POST", "/migrations", "application/json", serde_json::to_vec(&json!({ "handler": "nope@^1" })).unwrap())),
+        (422, "handler-refused", raw("POST", "/migrations", "application/json", serde_json::to_vec(&json!({ "handler": "stepper", "parameters": { "steps": "x" }, "grants": { "data": "data" } })).unwrap())),
+        (422, "invalid-plan", raw("POST", "/migrations", "application/json", serde_json::to_vec(&json!({ "handler": "stepper", "parameters": { "steps": [{ "id": "a", "after": ["a"] }] }, "grants": { "data": "data" } })).unwrap())),
+        (400, "bad-request", raw("GET", "/migrations?status=sideways", "application/json", vec![])),
+        (404, "not-found", raw("GET", "/nowhere", "application/json", vec![])),
+    ];
+    for (want, code, (got, body)) in cases {
+        assert_eq!(got, want, "{body}");
+        assert_eq!(body["code"], code, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    assert_eq!(s.job(&id)["last_event_seq"], seq, "nothing stored changed");
+    let (_, page) = s.get("/migrations", ADMIN);
+    assert_eq!(page["total"], 1);
+    let (_, plugins) = s.get("/plugins", ADMIN);
+    assert_eq!(
+        plugins.as_array().unwrap().len(),
+        4,
+        "no bad upload was stored"
+    );
+}
+
+#[test]
+fn plugins_upload_side_by_side_and_delete_is_refused_while_used() {
+    let (s, _d, _p) = server();
+    let upload = |path: &str| {
+        let r = s
+            .http
+            .post(s.api("/plugins"))
+            .bearer_auth(ADMIN)
+            .body(std::fs::read(path).unwrap())
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap())
+    };
+    let (status, p1) = upload(artifacts::PROBE);
+    assert_eq!(status, 201, "{p1}");
+    let (status, _) = upload(artifacts::PROBE);
+    assert_eq!(status, 200, "the same bytes again are not a new plugin");
+    let (status, p2) = upload(artifacts::PROBE_NEXT);
+    assert_eq!(status, 201);
+    assert_eq!(
+        (p1["version"].as_str(), p2["version"].as_str()),
+        (Some("0.1.0"), Some("0.2.0"))
+    );
+    let (_, shown) = s.get("/plugins/probe/0.1.0", ADMIN);
+    assert_eq!(shown["contract_version"], "0.1.0");
+    assert_eq!(shown["sha256"], p1["sha256"]);
+
+    let id = create(&s, json!({ "handler": "probe@^0.1" }));
+    assert_eq!(s.job(&id)["plugin"]["version"], "0.1.0");
+    let r = s
+        .http
+        .delete(s.api("/plugins/probe/0.1.0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        r.json::<Value>().unwrap()["details"]["migrations"][0],
+        id.as_str()
+    );
+    let r = s
+        .http
+        .delete(s.api("/plugins/probe/0.2.0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, _) = s.get("/plugins/probe/0.2.0", ADMIN);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn completion_webhook_receives_the_final_snapshot() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = std::thread::spawn(move || {
+        // The first attempt is refused with a 500, to check the retry.
+        let mut bodies = vec![];
+        for answer in ["500 Internal Server Error", "204 No Content"] {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0;
+            let body = loop {
+                let n = conn.read(&mut buf[got..]).unwrap();
+                got += n;
+                let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                if let Some(at) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if got >= at + 4 + len {
+                        break text[at + 4..at + 4 + len].to_string();
+                    }
+                }
+                assert!(n > 0, "connection closed early");
+            };
+            conn.write_all(
+                format!("HTTP/1.1 {answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            bodies.push(body);
+        }
+        bodies
+    });
+    let (s, _d, _p) = server();
+    let id = create(
+        &s,
+        json!({ "handler": "stepper", "parameters": { "steps": [{ "id": "a" }] }, "grants": { "data": "data" }, "options": { "webhook": url } }),
+    );
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let bodies = receiver.join().unwrap();
+    let last: Value = serde_json::from_str(&bodies[1]).unwrap();
+    assert_eq!(last["id"], id.as_str());
+    assert_eq!(last["status"], "completed");
+    assert_eq!(bodies[0], bodies[1], "the retry sends the same snapshot");
+}
+
+#[test]
+fn metrics_count_jobs_and_sandbox_kills() {
+    let (s, _d, _p) = server();
+    let id = create(
+        &s,
+        json!({ "handler": "misbehave", "parameters": { "mode": "ok" }, "options": { "auto_rollback": false } }),
+    );
+    // Swap the mode after planning is not possible; plan a panicking one instead.
+    let (status, body) = s.post(
+        "/migrations",
+        ADMIN,
+        &json!({ "handler": "misbehave", "parameters": { "mode": "panic" } }),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "plugin-failed");
+    assert_eq!(body["details"]["cause"]["cause"], "panic");
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    s.wait_for(&id, |j| j["status"] == "completed");
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains("plover_jobs{state=\"completed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("plover_sandbox_kills_total{cause=\"panic\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("plover_plugin_call_seconds_count"), "{text}");
+    assert!(
+        text.contains("plover_step_duration_seconds_count 1"),
+        "{text}"
+    );
+}

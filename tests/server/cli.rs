@@ -1,0 +1,116 @@
+//! The `plover` client commands against a live server, judged by output and exit status.
+
+use super::common::{ADMIN, Server, plugin_dir};
+use std::process::{Command, Output};
+
+fn plover(s: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plover"))
+        .args(args)
+        .env("PLOVER_SERVER", &s.url)
+        .env("PLOVER_TOKEN", ADMIN)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn plan(s: &Server, steps: &str) -> String {
+    let params = format!(r#"{{"steps": {steps}}}"#);
+    let out = plover(
+        s,
+        &[
+            "plan",
+            "--handler",
+            "stepper@^0.1",
+            "--params",
+            &params,
+            "--grant",
+            "data=data",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let first = stdout.lines().next().unwrap();
+    assert!(first.starts_with("migration "), "{stdout}");
+    first.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn run_follow_shows_progress_logs_and_the_outcome() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let s = Server::start(data.path(), plugins.path());
+    let id = plan(
+        &s,
+        r#"[{"id": "a", "batches": 30, "batch_ms": 5}, {"id": "b", "after": ["a"]}]"#,
+    );
+
+    let out = plover(&s, &["run", &id, "--follow"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("state: executing"), "{all}");
+    assert!(
+        all.contains("step a completed: step a done after 1 attempt(s)"),
+        "{all}"
+    );
+    assert!(all.contains("[debug] step a finished batch 29"), "{all}");
+    assert!(
+        all.contains("outcome: completed (30 objects completed, 0 failed"),
+        "{all}"
+    );
+
+    let ls = plover(&s, &["ls", "--status", "completed"]);
+    assert!(text(&ls).contains(&id));
+    let logs = plover(&s, &["logs", &id]);
+    assert!(text(&logs).contains("step a finished batch 0"));
+}
+
+#[test]
+fn run_follow_exits_non_zero_when_the_job_does_not_complete() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let s = Server::start(data.path(), plugins.path());
+    let id = plan(
+        &s,
+        r#"[{"id": "a"}, {"id": "b", "after": ["a"], "fail": "always"}]"#,
+    );
+    let out = plover(&s, &["run", &id, "--follow"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("outcome: rolled-back"), "{all}");
+    assert!(
+        all.contains("error: execute step-failed: step b was told to fail"),
+        "{all}"
+    );
+}
+
+#[test]
+fn client_errors_exit_with_status_two_and_a_message() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let s = Server::start(data.path(), plugins.path());
+    let out = plover(&s, &["status", "no-such-id"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("404 Not Found: no migration with id 'no-such-id'"),
+        "{}",
+        text(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_plover"))
+        .args(["ls"])
+        .env("PLOVER_SERVER", &s.url)
+        .env_remove("PLOVER_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("401 Unauthorized"), "{}", text(&out));
+    let out = plover(&s, &["plan", "--handler", "stepper", "--params", "{nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--params"), "{}", text(&out));
+}

@@ -1,0 +1,152 @@
+//! Start and stop real `plover serve` processes.
+
+use plover_tests::artifacts;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "test-admin-token";
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// A directory holding the plugins a test server loads at start-up.
+pub fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for path in [
+        artifacts::KV_COPY,
+        artifacts::CONFIG_UPGRADE,
+        artifacts::STEPPER,
+        artifacts::MISBEHAVE,
+    ] {
+        let name = Path::new(path).file_name().unwrap();
+        std::fs::copy(path, dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    plugins: PathBuf,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Server {
+    /// Start a server on a free loopback port over `data_dir`, loading the plugins in `plugins`.
+    pub fn start(data_dir: &Path, plugins: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--plugins-dir")
+            .arg(plugins)
+            .env("PLOVER_BOOTSTRAP_TOKEN", ADMIN)
+            .env("PLOVER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting plover");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("plover listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server printed its address");
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            plugins: plugins.to_path_buf(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill(mut self) -> (PathBuf, PathBuf) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        (self.data_dir.clone(), self.plugins.clone())
+    }
+
+    /// SIGTERM, then wait for the process to exit by itself.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the server did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.api(path))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.api(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// A migration's snapshot.
+    pub fn job(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/migrations/{id}"), ADMIN);
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Poll until `done` holds for the job's snapshot.
+    pub fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let job = self.job(id);
+            if done(&job) {
+                return job;
+            }
+            assert!(started.elapsed() < WAIT, "timed out; last snapshot: {job}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
