@@ -26,14 +26,26 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let objects: usize = if quick { 10_000 } else { 100_000 };
     let reps = if quick { 3 } else { 5 };
-    println!("plover tracking benchmark ({} mode; medians of {reps})", if quick { "quick" } else { "full" });
+    println!(
+        "plover tracking benchmark ({} mode; medians of {reps})",
+        if quick { "quick" } else { "full" }
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().path(dir.path()).cache_capacity(256 << 20).open().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path())
+        .cache_capacity(256 << 20)
+        .open()
+        .unwrap();
     let buckets = SledBuckets::new(db.clone());
     let source = buckets.open("source").unwrap();
     let entries: Vec<(String, Vec<u8>)> = (0..objects)
-        .map(|i| (format!("session/{i:07}"), format!("{{\"user\":{i},\"data\":\"{}\"}}", "x".repeat(100)).into_bytes()))
+        .map(|i| {
+            (
+                format!("session/{i:07}"),
+                format!("{{\"user\":{i},\"data\":\"{}\"}}", "x".repeat(100)).into_bytes(),
+            )
+        })
         .collect();
     for chunk in entries.chunks(10_000) {
         source.set_many(chunk).unwrap();
@@ -41,10 +53,18 @@ fn main() {
 
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let registry = Arc::new(PluginRegistry::new());
-    registry.insert(runtime.load_file(artifacts::KV_COPY.as_ref()).unwrap()).unwrap();
+    registry
+        .insert(runtime.load_file(artifacts::KV_COPY.as_ref()).unwrap())
+        .unwrap();
     let connections = Arc::new(SledConnections::new(buckets.clone(), BTreeMap::new(), true));
     let store = Arc::new(SledJobStore::open(&db).unwrap());
-    let engine = Engine::open(registry.clone(), store, connections.clone(), JobOptions::default()).unwrap();
+    let engine = Engine::open(
+        registry.clone(),
+        store,
+        connections.clone(),
+        JobOptions::default(),
+    )
+    .unwrap();
     let plugin = registry.resolve("kv-copy").unwrap();
 
     let mut run = 0;
@@ -56,7 +76,11 @@ fn main() {
                 NewMigration {
                     handler: "kv-copy".into(),
                     parameters: json!({ "prefix": "session/" }),
-                    grants: [("source".into(), "source".into()), ("target".into(), target.clone())].into(),
+                    grants: [
+                        ("source".into(), "source".into()),
+                        ("target".into(), target.clone()),
+                    ]
+                    .into(),
                     options: json!({ "batch_size": 1000 }),
                     ..Default::default()
                 },
@@ -73,11 +97,23 @@ fn main() {
         let grants = Grants::new(connections.job_state(&job.id).unwrap())
             .with_kv("source", source.clone())
             .with_kv("target", connections.kv(&target).unwrap());
-        let ctx = JobContext { grants, events, checkpoint: None, force_stop: control.force.clone(), call_timeout: None };
+        let ctx = JobContext {
+            grants,
+            events,
+            checkpoint: None,
+            force_stop: control.force.clone(),
+            call_timeout: None,
+        };
         let t = Instant::now();
-        plugin.execute(&ctx, &job.spec, &job.plan.steps[0]).unwrap().unwrap();
+        plugin
+            .execute(&ctx, &job.spec, &job.plan.steps[0])
+            .unwrap()
+            .unwrap();
         let took = t.elapsed();
-        assert_eq!(buckets.open(&target).unwrap().count("session/").unwrap(), objects as u64);
+        assert_eq!(
+            buckets.open(&target).unwrap().count("session/").unwrap(),
+            objects as u64
+        );
         if tracked {
             // Objects reported after the last checkpoint commit with the step's completion,
             // which the engine does right after the call; count what the checkpoints committed.
@@ -94,7 +130,18 @@ fn main() {
     }
     let (with, without) = (median(with), median(without));
     let rate = |d: Duration| objects as f64 / d.as_secs_f64();
-    println!("kv-copy {objects} objects, tracking off: {:>8.1} ms ({:.0} objects/s)", without.as_secs_f64() * 1e3, rate(without));
-    println!("kv-copy {objects} objects, tracking on:  {:>8.1} ms ({:.0} objects/s)", with.as_secs_f64() * 1e3, rate(with));
-    println!("throughput cost of tracking:        {:>8.1} %", 100.0 * (1.0 - rate(with) / rate(without)));
+    println!(
+        "kv-copy {objects} objects, tracking off: {:>8.1} ms ({:.0} objects/s)",
+        without.as_secs_f64() * 1e3,
+        rate(without)
+    );
+    println!(
+        "kv-copy {objects} objects, tracking on:  {:>8.1} ms ({:.0} objects/s)",
+        with.as_secs_f64() * 1e3,
+        rate(with)
+    );
+    println!(
+        "throughput cost of tracking:        {:>8.1} %",
+        100.0 * (1.0 - rate(with) / rate(without))
+    );
 }

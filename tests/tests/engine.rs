@@ -22,7 +22,7 @@ fn registry() -> Arc<PluginRegistry> {
     REG.get_or_init(|| {
         let rt = Runtime::new(RuntimeConfig::default()).unwrap();
         let reg = PluginRegistry::new();
-        for path in [artifacts::STEPPER, artifacts::KV_COPY] {
+        for path in [artifacts::STEPPER, artifacts::KV_COPY, artifacts::MISBEHAVE] {
             reg.insert(rt.load_file(path.as_ref()).unwrap()).unwrap();
         }
         Arc::new(reg)
@@ -504,6 +504,76 @@ fn cancel_stops_a_long_step_cooperatively_and_the_job_can_be_rolled_back() {
     env.engine.rollback(&job.id, "ops").unwrap();
     assert_eq!(env.settle(&job.id).status, JobStatus::RolledBack);
     assert!(env.data().is_empty());
+}
+
+#[test]
+fn cancel_stops_a_plugin_that_ignores_it_by_force_after_the_grace_period() {
+    let env = env();
+    let job = env
+        .engine
+        .create(
+            NewMigration {
+                handler: "misbehave".into(),
+                parameters: json!({ "mode": "loop", "calls": ["execute"] }),
+                options: json!({ "cancel_grace_secs": 1, "auto_rollback": false }),
+                ..Default::default()
+            },
+            "ops",
+        )
+        .unwrap();
+    env.engine.execute(&job.id, "ops").unwrap();
+    env.engine
+        .wait_until(&job.id, WAIT, |s| s.steps[0].status == StepStatus::Running)
+        .unwrap();
+    let asked = std::time::Instant::now();
+    env.engine.cancel(&job.id, "ops").unwrap();
+    let done = env.settle(&job.id);
+    assert_eq!(done.status, JobStatus::Cancelled);
+    assert_eq!(done.steps[0].status, StepStatus::Interrupted);
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "the plugin got its grace period ({took:?})"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+#[test]
+fn eta_and_current_object_are_reported_while_executing() {
+    let env = env();
+    let job = env
+        .stepper(
+            json!([{ "id": "long", "batches": 300, "batch_ms": 5 }]),
+            json!({}),
+        )
+        .unwrap();
+    env.engine.execute(&job.id, "ops").unwrap();
+    let mid = env
+        .engine
+        .wait_until(&job.id, WAIT, |s| {
+            s.completed_objects >= 50 && s.estimated_seconds_remaining.is_some()
+        })
+        .unwrap();
+    assert!(
+        mid.percentage > 0.0 && mid.percentage < 100.0,
+        "{}",
+        mid.percentage
+    );
+    assert!(
+        mid.estimated_seconds_remaining.is_some(),
+        "no ETA at {}%",
+        mid.percentage
+    );
+    assert_eq!(mid.current_step.as_deref(), Some("long"));
+    assert!(
+        mid.current_object
+            .as_deref()
+            .is_some_and(|o| o.starts_with("long/")),
+        "{:?}",
+        mid.current_object
+    );
+    let done = env.settle(&job.id);
+    assert_eq!(done.estimated_seconds_remaining, None);
 }
 
 #[test]
