@@ -102,6 +102,7 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         runtime,
         plugin_store,
         tokens,
+        audit: crate::api::audit::AuditLog::open(&db)?,
         ready: Default::default(),
         metrics: Default::default(),
     }))

@@ -238,6 +238,9 @@ fn authorization_table_every_endpoint_by_role() {
         ("GET", "/tokens".into(), None, 3),
         ("POST", "/tokens".into(), Some(json!({ "name": "x" })), 3),
         ("DELETE", "/tokens/nope".into(), None, 3),
+        ("GET", "/audit".into(), None, 3),
+        ("GET", format!("/migrations/{id}/events"), None, 1),
+        ("GET", "/events".into(), None, 1),
     ];
     let callers: [(&str, Option<String>, u8); 5] = [
         ("no token", None, 0),
@@ -487,5 +490,100 @@ fn metrics_count_jobs_and_sandbox_kills() {
     assert!(
         text.contains("plover_step_duration_seconds_count 1"),
         "{text}"
+    );
+}
+
+#[test]
+fn audit_trail_records_every_mutating_request_with_the_token_name() {
+    let (s, _d, _p) = server();
+    let (_, viewer) = s.post(
+        "/tokens",
+        ADMIN,
+        &json!({ "name": "watcher", "role": "viewer" }),
+    );
+    let viewer = viewer["token"].as_str().unwrap().to_string();
+    let id = stepper(&s, json!([{ "id": "a" }]));
+    s.post(&format!("/migrations/{id}/execute"), &viewer, &json!({}));
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    s.get("/migrations", &viewer);
+    let (status, page) = s.get("/audit", ADMIN);
+    assert_eq!(status, 200, "{page}");
+    let rows: Vec<(String, String, String, u64)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().into(),
+                e["method"].as_str().unwrap().into(),
+                e["path"].as_str().unwrap().into(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let exec = format!("/api/v1/migrations/{id}/execute");
+    assert_eq!(
+        rows,
+        [
+            (
+                "admin".to_string(),
+                "POST".to_string(),
+                "/api/v1/tokens".to_string(),
+                201
+            ),
+            (
+                "admin".into(),
+                "POST".into(),
+                "/api/v1/migrations".into(),
+                201
+            ),
+            ("watcher".into(), "POST".into(), exec.clone(), 403),
+            ("admin".into(), "POST".into(), exec, 202),
+        ],
+        "reads are not audited; refused writes are"
+    );
+    let (status, _) = s.get("/audit", &viewer);
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn the_all_jobs_stream_reports_every_state_change() {
+    let (s, _d, _p) = server();
+    let resp = s
+        .http
+        .get(s.api("/events"))
+        .bearer_auth(ADMIN)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reader = std::thread::spawn(move || {
+        let mut states = vec![];
+        let mut event = String::new();
+        for line in BufReader::new(resp).lines() {
+            let line = line.unwrap();
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                let d: Value = serde_json::from_str(v.trim()).unwrap();
+                if event == "state" {
+                    states.push(d["to"].as_str().unwrap().to_string());
+                }
+                if states.len() == 5 {
+                    break;
+                }
+            }
+        }
+        states
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let a = stepper(&s, json!([{ "id": "a" }]));
+    s.post(&format!("/migrations/{a}/execute"), ADMIN, &json!({}));
+    s.wait_for(&a, |j| j["status"] == "completed");
+    let b = stepper(&s, json!([{ "id": "b" }]));
+    s.post(&format!("/migrations/{b}/cancel"), ADMIN, &json!({}));
+    assert_eq!(
+        reader.join().unwrap(),
+        ["planned", "executing", "completed", "planned", "cancelled"]
     );
 }

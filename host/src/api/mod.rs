@@ -2,6 +2,7 @@
 //! tokens, health and metrics. Handlers are small: they authenticate, call the engine (off the
 //! async threads when it may call a plugin) and map errors with [`error::AppError`].
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 mod migrations;
@@ -28,6 +29,7 @@ pub struct AppState {
     /// Uploaded plugins, stored by sha256.
     pub plugin_store: PathBuf,
     pub tokens: TokenStore,
+    pub audit: audit::AuditLog,
     /// False until start-up (plugin loading, recovery) is done.
     pub ready: AtomicBool,
     pub metrics: ops::Metrics,
@@ -53,6 +55,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/migrations/{id}/{action}", post(migrations::act))
         .route("/tokens", get(ops::list_tokens).post(ops::create_token))
         .route("/tokens/{name}", delete(ops::revoke_token))
+        .route("/audit", get(audit::list))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -66,6 +69,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
