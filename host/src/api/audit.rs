@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::auth::AsAdmin;
-use super::error::AppError;
+use super::error::{AppError, ErrorBody};
 use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::middleware::Next;
@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: u64,
     pub at: DateTime<Utc>,
@@ -105,6 +105,8 @@ pub struct AuditQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "tokens", params(("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
@@ -119,4 +121,11 @@ pub async fn list(
     Ok(Json(
         serde_json::json!({ "items": items, "next_after": next }),
     ))
+}
+
+/// A page of the audit trail; pass `next_after` as `after` for the next page.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    pub next_after: Option<u64>,
 }

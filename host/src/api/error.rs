@@ -45,9 +45,23 @@ impl AppError {
     }
 }
 
+/// The body of every error response.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code, e.g. `illegal-transition`.
+    pub code: String,
+    pub message: String,
+    /// More about the error, when there is more (or null).
+    pub details: Value,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let body = json!({ "code": self.code, "message": self.message, "details": self.details });
+        let body = ErrorBody {
+            code: self.code.to_string(),
+            message: self.message,
+            details: self.details,
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -3,15 +3,17 @@
 use super::AppState;
 use super::auth::{AsOperator, AsViewer};
 use super::error::AppError;
+use super::error::ErrorBody;
+use crate::engine::job::JobSnapshot;
 use crate::engine::state::JobStatus;
-use crate::engine::{ListFilter, NewMigration};
+use crate::engine::{IndexedObject, JobPage, ListFilter, LogLine, NewMigration};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// `Json<T>` with the API's error shape: 400 for malformed JSON, 422 for the wrong fields or
@@ -56,6 +58,8 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| AppError::internal(format!("worker failed: {e}")))?
 }
 
+#[utoipa::path(post, path = "/api/v1/migrations", tag = "migrations", request_body = NewMigration,
+    responses((status = 201, description = "Created and planned", body = JobSnapshot), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(s): State<Arc<AppState>>,
     AsOperator(caller): AsOperator,
@@ -75,6 +79,9 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/migrations", tag = "migrations",
+    params(("status" = Option<JobStatus>, Query, description = "Only jobs in this state"), ("handler" = Option<String>, Query, description = "Only jobs of this plugin"), ("offset" = Option<usize>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "Newest first", body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -93,6 +100,8 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/migrations/{id}", tag = "migrations", params(("id" = String, Path)),
+    responses((status = 200, body = JobSnapshot), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn show(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -101,6 +110,8 @@ pub async fn show(
     Ok(Json(s.engine.snapshot(&id)?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/migrations/{id}", tag = "migrations", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody), (status = 409, description = "Running", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn remove(
     State(s): State<Arc<AppState>>,
     AsOperator(caller): AsOperator,
@@ -113,6 +124,9 @@ pub async fn remove(
 
 /// `POST /migrations/{id}/{action}`: validate, replan, execute, approve, pause, resume,
 /// cancel, retry, rollback. Answers 202 with the snapshot; the work goes on in the background.
+#[utoipa::path(post, path = "/api/v1/migrations/{id}/{action}", tag = "migrations",
+    params(("id" = String, Path), ("action" = String, Path, description = "validate, replan, execute, approve, pause, resume, cancel, retry or rollback")),
+    responses((status = 202, description = "Accepted; the work goes on in the background", body = JobSnapshot), (status = 404, body = ErrorBody), (status = 409, description = "Illegal in the job's state, or refused by a gate", body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn act(
     State(s): State<Arc<AppState>>,
     AsOperator(caller): AsOperator,
@@ -150,6 +164,9 @@ pub struct PageQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/migrations/{id}/logs", tag = "migrations",
+    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Last sequence number seen"), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = LogPage), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn logs(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -166,6 +183,9 @@ pub async fn logs(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/migrations/{id}/objects", tag = "migrations",
+    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Last index seen"), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = ObjectPage), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn objects(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -179,4 +199,18 @@ pub async fn objects(
     Ok(Json(
         serde_json::json!({ "items": items, "next_after": next }),
     ))
+}
+
+/// A page of log lines; pass `next_after` as `after` for the next page.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LogPage {
+    pub items: Vec<LogLine>,
+    pub next_after: Option<u64>,
+}
+
+/// A page of object results; pass `next_after` as `after` for the next page.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ObjectPage {
+    pub items: Vec<IndexedObject>,
+    pub next_after: Option<u64>,
 }

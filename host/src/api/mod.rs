@@ -5,10 +5,11 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
-mod migrations;
+pub mod migrations;
+pub mod openapi;
 mod ops;
-mod plugins;
-mod sse;
+pub mod plugins;
+pub mod sse;
 
 use crate::engine::Engine;
 use crate::runtime::Runtime;
@@ -56,6 +57,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/tokens", get(ops::list_tokens).post(ops::create_token))
         .route("/tokens/{name}", delete(ops::revoke_token))
         .route("/audit", get(audit::list))
+        .route("/openapi.json", get(openapi::document))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,

@@ -1,8 +1,9 @@
 //! Operations endpoints: health, readiness, Prometheus metrics, API tokens, the 404 fallback.
 
 use super::AppState;
+use super::auth::TokenInfo;
 use super::auth::{AsAdmin, Role};
-use super::error::AppError;
+use super::error::{AppError, ErrorBody};
 use super::migrations::JsonBody;
 use crate::engine::state::{JobStatus, StepStatus};
 use crate::runtime::stats;
@@ -19,10 +20,12 @@ use std::sync::atomic::Ordering;
 #[derive(Default)]
 pub struct Metrics {}
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "Alive")))]
 pub async fn healthz() -> impl IntoResponse {
     "ok"
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "Starting")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     if s.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
@@ -38,6 +41,7 @@ pub async fn not_found() -> AppError {
 /// Step durations are bucketed by these upper bounds, in seconds.
 const STEP_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::new();
     let _ = writeln!(
@@ -128,13 +132,15 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     name: String,
     role: Role,
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
+    responses((status = 201, description = "The token, shown only now", body = CreatedToken), (status = 409, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_token(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
@@ -150,6 +156,7 @@ pub async fn create_token(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_tokens(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
@@ -157,6 +164,8 @@ pub async fn list_tokens(
     Ok(Json(s.tokens.list()))
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
+    responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn revoke_token(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
@@ -167,4 +176,12 @@ pub async fn revoke_token(
         Ok(false) => Err(AppError::not_found(format!("no token named '{name}'"))),
         Err(e) => Err(AppError::internal(e.to_string())),
     }
+}
+
+/// A new token. `token` is shown only in this response; the host keeps its hash.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
 }

@@ -2,8 +2,9 @@
 
 use super::AppState;
 use super::auth::{AsAdmin, AsViewer};
-use super::error::AppError;
+use super::error::{AppError, ErrorBody};
 use super::migrations::blocking;
+use crate::runtime::PluginSummary;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -12,6 +13,7 @@ use axum::response::IntoResponse;
 use semver::Version;
 use std::sync::Arc;
 
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins", responses((status = 200, body = Vec<PluginSummary>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -31,6 +33,8 @@ fn parse_version(v: &str) -> Result<Version, AppError> {
         .map_err(|e| AppError::bad_request(format!("'{v}' is not a semver version: {e}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/plugins/{name}/{version}", tag = "plugins", params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = PluginSummary), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn show(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -45,6 +49,8 @@ pub async fn show(
 }
 
 /// Validate, precompile and store a component; 201 with its summary (200 if already loaded).
+#[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"),
+    responses((status = 201, body = PluginSummary), (status = 200, description = "Already loaded", body = PluginSummary), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, description = "Not a compatible handler component", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn upload(
     State(s): State<Arc<AppState>>,
     AsAdmin(caller): AsAdmin,
@@ -77,6 +83,8 @@ pub async fn upload(
 }
 
 /// Unload and forget a plugin; refused while a job that is not finished uses it.
+#[utoipa::path(delete, path = "/api/v1/plugins/{name}/{version}", tag = "plugins", params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 204, description = "Removed"), (status = 404, body = ErrorBody), (status = 409, description = "In use", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn remove(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,

@@ -9,7 +9,8 @@
 
 use super::AppState;
 use super::auth::AsViewer;
-use super::error::AppError;
+use super::error::{AppError, ErrorBody};
+use crate::engine::handle::StateChange;
 use crate::engine::job::FeedEvent;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -53,6 +54,9 @@ fn to_event(e: &FeedEvent) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
 }
 
+#[utoipa::path(get, path = "/api/v1/migrations/{id}/events", tag = "events",
+    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Replay after this sequence number (or send Last-Event-ID)")),
+    responses((status = 200, description = "text/event-stream of FeedEvent, then a `final` JobSnapshot", content_type = "text/event-stream", body = FeedEvent), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn job_events(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -131,6 +135,8 @@ pub async fn job_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    responses((status = 200, description = "text/event-stream of StateChange", content_type = "text/event-stream", body = StateChange), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn all_events(
     State(s): State<Arc<AppState>>,
     _: AsViewer,

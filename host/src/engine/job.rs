@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
 /// The plugin a job is pinned to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginRef {
     pub name: String,
     pub version: String,
@@ -18,7 +18,7 @@ pub struct PluginRef {
 
 /// A step's durable state. `checkpoint` is committed together with the object results
 /// reported before it (see `engine::tracking`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepState {
     pub id: String,
     pub status: StepStatus,
@@ -55,7 +55,7 @@ mod opt_base64 {
 }
 
 /// A dry run's outcome, valid only for the plan and plugin it ran against.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DryRunRecord {
     pub plan_hash: String,
     pub plugin_sha256: String,
@@ -66,7 +66,7 @@ pub struct DryRunRecord {
 }
 
 /// An approval, valid only for the plan and plugin that were approved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalRecord {
     pub plan_hash: String,
     pub plugin_sha256: String,
@@ -75,7 +75,7 @@ pub struct ApprovalRecord {
 }
 
 /// An error kept on the job: a handler error, a sandbox failure or an engine decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub at: DateTime<Utc>,
     pub step: Option<String>,
@@ -86,7 +86,7 @@ pub struct JobError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObjectCounts {
     pub completed: u64,
     pub failed: u64,
@@ -153,7 +153,7 @@ impl JobRecord {
 }
 
 /// What happened, as the change feed records it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum EventBody {
     State {
@@ -213,7 +213,7 @@ impl EventBody {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogSource {
     Host,
@@ -221,7 +221,7 @@ pub enum LogSource {
 }
 
 /// One entry of a job's change feed. `seq` increases by one per event, per job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FeedEvent {
     pub seq: u64,
     pub at: DateTime<Utc>,
@@ -230,7 +230,7 @@ pub struct FeedEvent {
 }
 
 /// A step as users see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepView {
     pub id: String,
     pub kind: crate::model::StepKind,
@@ -250,7 +250,7 @@ pub struct StepView {
 }
 
 /// A job's full state for the API and dashboard (logs and object results are paged apart).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobSnapshot {
     pub id: String,
     pub handler: String,
@@ -289,7 +289,7 @@ pub struct JobSnapshot {
 }
 
 /// A job in a list: no plan, logs or results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: String,
     pub handler: String,

@@ -65,7 +65,7 @@ pub enum EngineError {
 }
 
 /// A request to create a migration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMigration {
     /// Plugin requirement, e.g. `kv-copy@^1`.
@@ -92,7 +92,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// Filters and paging for [`Engine::list`].
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct ListFilter {
     pub status: Option<JobStatus>,
     /// Plugin name.
@@ -102,7 +102,7 @@ pub struct ListFilter {
 }
 
 /// A page of jobs, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub items: Vec<JobSummary>,
     pub total: usize,
@@ -111,7 +111,7 @@ pub struct JobPage {
 }
 
 /// One kept log line.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub seq: u64,
     pub at: DateTime<Utc>,
@@ -122,7 +122,7 @@ pub struct LogLine {
 }
 
 /// One object result with its position, the cursor for paging.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IndexedObject {
     pub index: u64,
     pub step: String,

@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// Which export was being called.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "call", content = "step")]
 pub enum Call {
     Describe,
@@ -31,11 +31,14 @@ impl fmt::Display for Call {
 }
 
 /// Why the sandbox stopped a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "cause")]
 pub enum PluginFailure {
     #[error("ran past its deadline of {}", humanize(*limit))]
-    Deadline { limit: Duration },
+    Deadline {
+        #[schema(value_type = Object)]
+        limit: Duration,
+    },
     #[error("was stopped by force (cancelled past its grace period)")]
     ForceStopped,
     #[error("ran out of fuel ({fuel} units)")]
@@ -88,7 +91,7 @@ impl PluginFailure {
 }
 
 /// A call the sandbox stopped, naming the plugin, the call and the cause.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, utoipa::ToSchema)]
 #[error("plugin {plugin}: {call} {cause}")]
 pub struct PluginError {
     /// `name@version`.

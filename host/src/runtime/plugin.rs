@@ -41,7 +41,7 @@ pub struct JobContext {
 }
 
 /// A plugin's public description, as the registry and the API show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginSummary {
     pub name: String,
     pub version: String,

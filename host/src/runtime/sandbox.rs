@@ -11,13 +11,14 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 /// Per-plugin limits. The defaults are safe; an operator may tighten (or loosen) them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxLimits {
     /// The most linear memory one instance may hold, in bytes.
     pub memory_bytes: u64,
     /// Wall-clock limit for one call (`plan`, `validate`, one `execute` of a step...).
     #[serde(with = "duration_millis")]
+    #[schema(value_type = u64)]
     pub call_timeout: Duration,
     /// Fuel (roughly, wasm instructions) per call, when the runtime meters fuel.
     pub fuel: Option<u64>,
