@@ -117,15 +117,16 @@ async fn watch(addr: String, id: String, ready: tokio::sync::mpsc::Sender<()>) -
         if line.starts_with("event: final") {
             break;
         }
-        if let Some(data) = line.strip_prefix("data: ") {
-            if let Ok(v) = serde_json::from_str::<Value>(data) {
-                if let Some(at) = v["at"]
+        let at = line
+            .strip_prefix("data: ")
+            .and_then(|data| serde_json::from_str::<Value>(data).ok())
+            .and_then(|v| {
+                v["at"]
                     .as_str()
                     .and_then(|t| t.parse::<DateTime<Utc>>().ok())
-                {
-                    latencies.push((Utc::now() - at).to_std().unwrap_or_default());
-                }
-            }
+            });
+        if let Some(at) = at {
+            latencies.push((Utc::now() - at).to_std().unwrap_or_default());
         }
     }
     latencies

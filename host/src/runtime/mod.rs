@@ -209,14 +209,14 @@ impl Runtime {
         })?;
 
         let label = format!("plugin sha256:{}", &sha256[..12]);
-        let info = LoadedPlugin::describe_with(
-            &pre,
-            &self.engine,
-            &limits,
-            self.config.fuel_metering,
-            &label,
-        )
-        .map_err(LoadError::Describe)?;
+        let target = plugin::CallTarget {
+            pre: &pre,
+            engine: &self.engine,
+            limits: &limits,
+            fuel_metering: self.config.fuel_metering,
+            label: &label,
+        };
+        let info = LoadedPlugin::describe_with(&target).map_err(LoadError::Describe)?;
         let version = check_info(&info)?;
         let plugin = LoadedPlugin {
             info,

@@ -222,25 +222,12 @@ impl LoadedPlugin {
     }
 
     /// Ask the plugin who it is (no job, no connectors).
-    pub(crate) fn describe_with(
-        pre: &HandlerPluginPre<CallState>,
-        engine: &Engine,
-        limits: &SandboxLimits,
-        fuel_metering: bool,
-        label: &str,
-    ) -> Result<model::PluginInfo, PluginError> {
-        run_call(
-            pre,
-            engine,
-            limits,
-            fuel_metering,
-            label,
-            Call::Describe,
-            None,
-            Access::ReadOnly,
-            |store, p| p.plover_migration_handler().call_describe(store),
-        )
-        .map(Into::into)
+    pub(crate) fn describe_with(target: &CallTarget<'_>) -> Result<model::PluginInfo, PluginError> {
+        target
+            .run(Call::Describe, None, Access::ReadOnly, |store, p| {
+                p.plover_migration_handler().call_describe(store)
+            })
+            .map(Into::into)
     }
 
     fn call<R>(
@@ -250,138 +237,136 @@ impl LoadedPlugin {
         access: Access,
         f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        run_call(
-            &self.pre,
-            &self.engine,
-            &self.limits,
-            self.fuel_metering,
-            &self.label(),
-            call,
-            job,
+        let label = self.label();
+        let target = CallTarget {
+            pre: &self.pre,
+            engine: &self.engine,
+            limits: &self.limits,
+            fuel_metering: self.fuel_metering,
+            label: &label,
+        };
+        target.run(call, job, access, f)
+    }
+}
+
+/// What a call runs against: a plugin's linked component, its limits and its name.
+#[derive(Clone, Copy)]
+pub(crate) struct CallTarget<'a> {
+    pub pre: &'a HandlerPluginPre<CallState>,
+    pub engine: &'a Engine,
+    pub limits: &'a SandboxLimits,
+    pub fuel_metering: bool,
+    pub label: &'a str,
+}
+
+impl CallTarget<'_> {
+    /// [`CallTarget::run_uncounted`], counted in the runtime's call statistics.
+    fn run<R>(
+        &self,
+        call: Call,
+        job: Option<&JobContext>,
+        access: Access,
+        f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let started = Instant::now();
+        let result = self.run_uncounted(call, job, access, f);
+        super::stats::record_call(started.elapsed(), result.as_ref().err().map(|e| &e.cause));
+        result
+    }
+
+    /// Make a store, instantiate, call `f`, and turn whatever went wrong into a
+    /// [`PluginError`].
+    fn run_uncounted<R>(
+        &self,
+        call: Call,
+        job: Option<&JobContext>,
+        access: Access,
+        f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let CallTarget {
+            pre,
+            engine,
+            limits,
+            fuel_metering,
+            label,
+        } = *self;
+        let fail = |cause| PluginError {
+            plugin: label.to_string(),
+            call: call.clone(),
+            cause,
+        };
+        let mut limits = limits.clone();
+        if let Some(t) = job.and_then(|j| j.call_timeout) {
+            limits.call_timeout = limits.call_timeout.min(t);
+        }
+        let limits = &limits;
+        let stderr = GuestStderr::default();
+        let deadline = Instant::now() + limits.call_timeout;
+        let force_stop = job.map(|j| j.force_stop.clone()).unwrap_or_default();
+        let state = CallState {
+            wasi: wasi_context(&stderr),
+            table: ResourceTable::new(),
+            limiter: CallLimiter::new(limits),
+            stderr,
             access,
-            f,
-        )
-    }
-}
+            job: job.map(|j| JobScope {
+                grants: j.grants.clone(),
+                events: j.events.clone(),
+                checkpoint: j.checkpoint.clone(),
+                may_checkpoint: matches!(call, Call::Execute(_)),
+            }),
+            denied_writes: vec![],
+            wait_limit: WaitLimit {
+                deadline,
+                force_stop: force_stop.clone(),
+            },
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limiter);
 
-/// [`run_call_inner`], counted in the runtime's call statistics.
-#[allow(clippy::too_many_arguments)]
-fn run_call<R>(
-    pre: &HandlerPluginPre<CallState>,
-    engine: &Engine,
-    limits: &SandboxLimits,
-    fuel_metering: bool,
-    label: &str,
-    call: Call,
-    job: Option<&JobContext>,
-    access: Access,
-    f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
-) -> Result<R, PluginError> {
-    let started = Instant::now();
-    let result = run_call_inner(
-        pre,
-        engine,
-        limits,
-        fuel_metering,
-        label,
-        call,
-        job,
-        access,
-        f,
-    );
-    super::stats::record_call(started.elapsed(), result.as_ref().err().map(|e| &e.cause));
-    result
-}
-
-/// Make a store, instantiate, call `f`, and turn whatever went wrong into a [`PluginError`].
-#[allow(clippy::too_many_arguments)]
-fn run_call_inner<R>(
-    pre: &HandlerPluginPre<CallState>,
-    engine: &Engine,
-    limits: &SandboxLimits,
-    fuel_metering: bool,
-    label: &str,
-    call: Call,
-    job: Option<&JobContext>,
-    access: Access,
-    f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
-) -> Result<R, PluginError> {
-    let fail = |cause| PluginError {
-        plugin: label.to_string(),
-        call: call.clone(),
-        cause,
-    };
-    let mut limits = limits.clone();
-    if let Some(t) = job.and_then(|j| j.call_timeout) {
-        limits.call_timeout = limits.call_timeout.min(t);
-    }
-    let limits = &limits;
-    let stderr = GuestStderr::default();
-    let deadline = Instant::now() + limits.call_timeout;
-    let force_stop = job.map(|j| j.force_stop.clone()).unwrap_or_default();
-    let state = CallState {
-        wasi: wasi_context(&stderr),
-        table: ResourceTable::new(),
-        limiter: CallLimiter::new(limits),
-        stderr,
-        access,
-        job: job.map(|j| JobScope {
-            grants: j.grants.clone(),
-            events: j.events.clone(),
-            checkpoint: j.checkpoint.clone(),
-            may_checkpoint: matches!(call, Call::Execute(_)),
-        }),
-        denied_writes: vec![],
-        wait_limit: WaitLimit {
-            deadline,
-            force_stop: force_stop.clone(),
-        },
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limiter);
-
-    // The epoch ticks every few milliseconds; at each tick past the first this callback decides
-    // whether the call may go on. That gives both the wall-clock deadline and a force stop.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if force_stop.is_triggered() {
-            return Err(Interrupted::ForceStopped.into());
+        // The epoch ticks every few milliseconds; at each tick past the first this callback decides
+        // whether the call may go on. That gives both the wall-clock deadline and a force stop.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if force_stop.is_triggered() {
+                return Err(Interrupted::ForceStopped.into());
+            }
+            if Instant::now() >= deadline {
+                return Err(Interrupted::Deadline.into());
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+        if fuel_metering {
+            store
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| {
+                    fail(PluginFailure::Instantiate {
+                        message: format!("{e:#}"),
+                    })
+                })?;
         }
-        if Instant::now() >= deadline {
-            return Err(Interrupted::Deadline.into());
-        }
-        Ok(UpdateDeadline::Continue(1))
-    });
-    if fuel_metering {
-        store
-            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-            .map_err(|e| {
-                fail(PluginFailure::Instantiate {
-                    message: format!("{e:#}"),
-                })
-            })?;
-    }
 
-    let instance = match pre.instantiate(&mut store) {
-        Ok(i) => i,
-        Err(e) => {
-            let cause = classify(&e, &store, limits);
-            let cause = match cause {
-                PluginFailure::Trap { message, .. } => PluginFailure::Instantiate { message },
-                other => other,
-            };
-            return Err(fail(cause));
+        let instance = match pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => {
+                let cause = classify(&e, &store, limits);
+                let cause = match cause {
+                    PluginFailure::Trap { message, .. } => PluginFailure::Instantiate { message },
+                    other => other,
+                };
+                return Err(fail(cause));
+            }
+        };
+        let outcome = f(&mut store, &instance);
+        let state = store.data();
+        if !state.denied_writes.is_empty() {
+            return Err(fail(PluginFailure::WriteDenied {
+                attempts: state.denied_writes.len(),
+                first: state.denied_writes[0].clone(),
+            }));
         }
-    };
-    let outcome = f(&mut store, &instance);
-    let state = store.data();
-    if !state.denied_writes.is_empty() {
-        return Err(fail(PluginFailure::WriteDenied {
-            attempts: state.denied_writes.len(),
-            first: state.denied_writes[0].clone(),
-        }));
+        outcome.map_err(|e| fail(classify(&e, &store, limits)))
     }
-    outcome.map_err(|e| fail(classify(&e, &store, limits)))
 }
 
 /// Name the cause of a failed call from the error and what the store saw.
