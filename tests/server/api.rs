@@ -696,3 +696,54 @@ fn openapi_document_matches_the_routes() {
         assert!(schemas.contains_key(name), "{name} missing");
     }
 }
+
+#[test]
+fn idle_event_streams_get_keep_alive_comments() {
+    let (s, _d, _p) = server();
+    let id = stepper(&s, json!([{ "id": "a" }]));
+    // Following from the last event: nothing to replay.
+    let last = s.job(&id)["last_event_seq"].as_u64().unwrap();
+    let resp = events(&s, &id, Some(last));
+    let started = std::time::Instant::now();
+    let mut lines = BufReader::new(resp).lines();
+    // The stream opens with the retry hint and a comment; nothing happens to the job, so the
+    // next line can only be a keep-alive comment, about 15 s later.
+    let mut comments = 0;
+    while comments < 2 {
+        let line = lines.next().unwrap().unwrap();
+        assert!(
+            line.is_empty() || line.starts_with(':') || line.starts_with("retry:"),
+            "unexpected {line}"
+        );
+        comments += line.starts_with(':') as usize;
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn a_request_past_its_time_limit_gets_408_and_leaves_nothing_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let config = "request_timeout_secs = 1\n[limits]\ncall_timeout = 2500\n";
+    let s = Server::start_with_config(data.path(), plugins.path(), config);
+    let started = std::time::Instant::now();
+    let (status, body) = s.post(
+        "/migrations",
+        ADMIN,
+        &json!({ "handler": "misbehave", "parameters": { "mode": "sleep", "calls": ["plan"] } }),
+    );
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["code"], "timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2500 / 1000 + 1),
+        "answered before the plan call ended"
+    );
+    // The plan call ends at its own deadline; the job it was creating is not stored.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, page) = s.get("/migrations", ADMIN);
+    assert_eq!(page["total"], 0, "{page}");
+}

@@ -37,8 +37,18 @@ pub struct Server {
 impl Server {
     /// Start a server on a free loopback port over `data_dir`, loading the plugins in `plugins`.
     pub fn start(data_dir: &Path, plugins: &Path) -> Server {
+        Self::start_with_config(data_dir, plugins, "")
+    }
+
+    /// [`Server::start`] with a configuration file holding `toml`.
+    pub fn start_with_config(data_dir: &Path, plugins: &Path, toml: &str) -> Server {
+        let config = data_dir.join("test-config.toml");
+        std::fs::write(&config, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--plugins-dir")
             .arg(plugins)

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 /// Everything handlers share.
 pub struct AppState {
@@ -58,10 +58,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/tokens/{name}", delete(ops::revoke_token))
         .route("/audit", get(audit::list))
         .route("/openapi.json", get(openapi::document))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            time_limit(request_timeout, req, next)
+        }))
         // Streams stay open as long as the job runs, so they sit outside the request timeout.
         .route("/migrations/{id}/events", get(sse::job_events))
         .route("/events", get(sse::all_events));
@@ -76,5 +75,25 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
             audit::record,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answer 408 in the API's error shape when a request takes longer than `limit`. Work the
+/// request started on a blocking thread finishes on its own (a plugin call ends at its deadline).
+async fn time_limit(
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => error::AppError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request took longer than {}s", limit.as_secs_f64()),
+        )
+        .into_response(),
+    }
 }
