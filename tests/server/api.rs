@@ -747,3 +747,31 @@ fn a_request_past_its_time_limit_gets_408_and_leaves_nothing_behind() {
     let (_, page) = s.get("/migrations", ADMIN);
     assert_eq!(page["total"], 0, "{page}");
 }
+
+#[test]
+fn a_watcher_that_falls_behind_the_live_fan_out_still_gets_every_event_once() {
+    let (s, _d, _p) = server();
+    // Thousands of events, with object batches large enough to fill the socket buffers, so
+    // the stream stops pulling from the live fan-out and lags behind it.
+    // Every log line kept, so every event stays replayable (pruned log lines cannot be).
+    let id = create(
+        &s,
+        json!({ "handler": "stepper", "parameters": { "steps": [{ "id": "a", "batches": 3000, "batch_ms": 0, "per_batch": 40 }] },
+                "grants": { "data": "data" }, "options": { "max_log_lines": 100000 } }),
+    );
+    let resp = events(&s, &id, None);
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let done = s.wait_for(&id, |j| j["status"] == "completed");
+    let last = done["last_event_seq"].as_u64().unwrap();
+    assert!(last > 4096 + 100, "only {last} events: not enough to lag");
+    let (all, _) = read_sse(resp, None);
+    let ids: Vec<u64> = all.iter().filter_map(|e| e.id).collect();
+    if let Some(i) = (0..ids.len()).find(|&i| ids[i] != i as u64 + 1) {
+        panic!(
+            "sequence breaks at position {i}: ...{:?}...",
+            &ids[i.saturating_sub(3)..(i + 3).min(ids.len())]
+        );
+    }
+    assert_eq!(ids.len() as u64, last, "every event once");
+    assert_eq!(all.last().unwrap().event, "final");
+}

@@ -10,7 +10,7 @@
 use super::AppState;
 use super::auth::AsViewer;
 use super::error::{AppError, ErrorBody};
-use crate::engine::handle::StateChange;
+use crate::engine::handle::{JobHandle, LiveEvent, StateChange};
 use crate::engine::job::FeedEvent;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What browsers should wait before reconnecting.
@@ -37,12 +38,18 @@ enum Phase {
     Done,
 }
 
+/// One client following one job. Events come from the live fan-out of the commit path; the
+/// store is read only to replay what was committed before the client came (or while it lagged).
 struct Follow {
     state: Arc<AppState>,
+    handle: Arc<JobHandle>,
     id: String,
+    /// The last sequence number sent.
     after: u64,
-    seq: tokio::sync::watch::Receiver<u64>,
-    buffer: VecDeque<FeedEvent>,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
+    /// Read the store until caught up, before listening live.
+    replaying: bool,
+    buffer: VecDeque<Event>,
     phase: Phase,
 }
 
@@ -77,11 +84,15 @@ pub async fn job_events(
         None => None,
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
+    // Subscribe before replaying, so nothing committed in between is missed.
+    let live = handle.subscribe_live();
     let follow = Follow {
         state: s.clone(),
+        handle,
         id,
         after,
-        seq: handle.subscribe(),
+        live,
+        replaying: true,
         buffer: VecDeque::new(),
         phase: Phase::Hello,
     };
@@ -99,36 +110,49 @@ pub async fn job_events(
                 Phase::Streaming => {}
             }
             if let Some(e) = f.buffer.pop_front() {
-                return Some((Ok(to_event(&e)), f));
+                return Some((Ok(e), f));
             }
-            // Mark what has been seen before reading, so a commit racing the read wakes us.
-            f.seq.borrow_and_update();
-            let engine = f.state.engine.clone();
-            let (id, after) = (f.id.clone(), f.after);
-            let read =
-                tokio::task::spawn_blocking(move || engine.events_after(&id, after, 500)).await;
-            match read {
-                Ok(Ok(events)) if !events.is_empty() => {
-                    f.after = events.last().map(|e| e.seq).unwrap_or(f.after);
-                    f.buffer.extend(events);
-                    continue;
+            if f.replaying {
+                let engine = f.state.engine.clone();
+                let (id, after) = (f.id.clone(), f.after);
+                match tokio::task::spawn_blocking(move || engine.events_after(&id, after, 500))
+                    .await
+                {
+                    Ok(Ok(events)) if !events.is_empty() => {
+                        f.after = events.last().map(|e| e.seq).unwrap_or(f.after);
+                        f.buffer.extend(events.iter().map(to_event));
+                        continue;
+                    }
+                    Ok(Ok(_)) => f.replaying = false,
+                    _ => return None,
                 }
-                Ok(Ok(_)) => {}
-                _ => return None,
             }
-            let Ok(snap) = f.state.engine.snapshot(&f.id) else {
-                return None;
-            };
-            if snap.status.is_final() && snap.last_event_seq <= f.after {
+            let (status, last) = f.handle.status_and_last_seq();
+            if status.is_final() && last <= f.after {
                 f.phase = Phase::Done;
+                let Ok(snap) = f.state.engine.snapshot(&f.id) else {
+                    return None;
+                };
                 let event = Event::default()
                     .event("final")
                     .json_data(&snap)
                     .unwrap_or_else(|_| Event::default().event("final"));
                 return Some((Ok(event), f));
             }
-            if f.seq.changed().await.is_err() {
-                return None;
+            match f.live.recv().await {
+                Ok(e) if e.seq <= f.after => {}
+                Ok(e) if e.seq == f.after + 1 => {
+                    f.after = e.seq;
+                    f.buffer.push_back(
+                        Event::default()
+                            .id(e.seq.to_string())
+                            .event(e.kind)
+                            .data(e.json.clone()),
+                    );
+                }
+                // A gap can only follow lagging: read the missed events back from the store.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => f.replaying = true,
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });

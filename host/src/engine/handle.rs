@@ -90,10 +90,23 @@ impl RunControl {
     }
 }
 
+/// A committed event, serialised once for every live reader.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub seq: u64,
+    pub kind: &'static str,
+    /// The event as one line of JSON.
+    pub json: String,
+}
+
+/// How many committed events live readers may fall behind before they re-read the store.
+const LIVE_BACKLOG: usize = 4096;
+
 pub struct JobHandle {
     record: Mutex<JobRecord>,
     store: Arc<dyn JobStore>,
     seq: watch::Sender<u64>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
     changes: broadcast::Sender<StateChange>,
     /// The background run working on the job, if any.
     pub run: Mutex<Option<Arc<RunControl>>>,
@@ -110,6 +123,7 @@ impl JobHandle {
             record: Mutex::new(record),
             store,
             seq: watch::channel(last).0,
+            live: broadcast::channel(LIVE_BACKLOG).0,
             changes,
             run: Mutex::new(None),
         })
@@ -131,6 +145,19 @@ impl JobHandle {
     /// Follow the job's latest event sequence number.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.seq.subscribe()
+    }
+
+    /// Receive every event committed from now on, serialised once for all readers. A reader
+    /// that lags behind by more than the backlog gets `Lagged` and must re-read the store.
+    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+        self.live.subscribe()
+    }
+
+    /// The job's status and its last committed event's sequence number, without a copy of the
+    /// record.
+    pub fn status_and_last_seq(&self) -> (JobStatus, u64) {
+        let r = self.lock();
+        (r.status, r.next_seq.saturating_sub(1))
     }
 
     /// Apply `change` to the record and commit it with the events it returns, atomically. If
@@ -183,6 +210,18 @@ impl JobHandle {
             return Err(e);
         }
         let last = record.next_seq.saturating_sub(1);
+        // Published under the record's lock, so live readers see events in commit order.
+        if self.live.receiver_count() > 0 {
+            for e in &events {
+                if let Ok(json) = serde_json::to_string(e) {
+                    let _ = self.live.send(Arc::new(LiveEvent {
+                        seq: e.seq,
+                        kind: e.body.kind(),
+                        json,
+                    }));
+                }
+            }
+        }
         drop(record);
         self.seq.send_replace(last);
         for c in state_changes {
