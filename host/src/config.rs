@@ -2,7 +2,7 @@
 //! Runtime configuration lives here, apart from code; secrets (connection details) never
 //! leave the host.
 
-use crate::connectors::KvConnection;
+use crate::connectors::ConnectionConfig;
 use crate::engine::options::JobOptions;
 use crate::runtime::SandboxLimits;
 use serde::{Deserialize, Serialize};
@@ -31,8 +31,8 @@ pub struct Config {
     pub fuel_metering: bool,
     /// Defaults of every job's options.
     pub defaults: JobOptions,
-    /// Named key-value connections that grants may name.
-    pub connections: BTreeMap<String, KvConnection>,
+    /// Named connections (sled, redis, postgres, http) that grants may name.
+    pub connections: BTreeMap<String, ConnectionConfig>,
     /// Let grants name any sled bucket, not only configured connections.
     pub any_sled_bucket: bool,
     /// Called with the final snapshot of every job (per-job webhooks add to it).
@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(c.defaults.batch_size, 42);
         assert_eq!(
             c.connections["sessions-old"],
-            KvConnection::Sled {
+            ConnectionConfig::Sled {
                 bucket: "sessions".into()
             }
         );

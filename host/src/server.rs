@@ -2,7 +2,7 @@
 
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
 use crate::config::{Config, LogFormat};
-use crate::connectors::{SledBuckets, SledConnections};
+use crate::connectors::{HostConnections, SledBuckets};
 use crate::engine::Engine;
 use crate::engine::job::JobSnapshot;
 use crate::runtime::{PluginRegistry, Runtime, RuntimeConfig};
@@ -63,11 +63,14 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
     }
 
     let store = Arc::new(SledJobStore::open(&db)?);
-    let connections = Arc::new(SledConnections::new(
+    let connections = Arc::new(HostConnections::new(
         SledBuckets::new(db.clone()),
         config.connections.clone(),
         config.any_sled_bucket,
     ));
+    connections
+        .open_all()
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let engine = Engine::open(registry, store, connections, config.defaults.clone())?;
 
     let tokens = TokenStore::open(&db)?;

@@ -16,7 +16,7 @@
 //! The harness uses the same sandbox and imports as the server; only the buckets live in
 //! memory and events are kept in a [`RecordingEvents`] you can inspect.
 
-use crate::connectors::{Grants, KvBucket, MemoryBucket};
+use crate::connectors::{Connector, Grants, KvBucket, MemoryBucket};
 use crate::model::{
     LogLevel, MigrationError, MigrationOptions, MigrationSpec, ObjectResult, Plan, PlanStep,
     StepReport, ValidationReport,
@@ -104,8 +104,9 @@ pub struct TestHarness {
     pub runtime: Arc<Runtime>,
     pub plugin: Arc<LoadedPlugin>,
     buckets: BTreeMap<String, Arc<MemoryBucket>>,
-    /// Buckets of other backends (e.g. sled) granted with [`TestHarness::grant`].
-    granted: BTreeMap<String, Arc<dyn KvBucket>>,
+    /// Other connectors (sled or Redis buckets, SQL databases, HTTP) granted with
+    /// [`TestHarness::grant`] or [`TestHarness::grant_connector`].
+    granted: BTreeMap<String, Connector>,
     pub job_state: Arc<MemoryBucket>,
     pub events: Arc<RecordingEvents>,
     pub force_stop: ForceStop,
@@ -147,7 +148,12 @@ impl TestHarness {
 
     /// Grant a bucket of any backend as `binding`.
     pub fn grant(&mut self, binding: &str, bucket: Arc<dyn KvBucket>) {
-        self.granted.insert(binding.to_string(), bucket);
+        self.grant_connector(binding, Connector::Kv(bucket));
+    }
+
+    /// Grant any connector (a SQL database, an HTTP connection...) as `binding`.
+    pub fn grant_connector(&mut self, binding: &str, connector: Connector) {
+        self.granted.insert(binding.to_string(), connector);
     }
 
     /// The contents of the bucket granted as `binding` (empty if there is none).
@@ -182,8 +188,8 @@ impl TestHarness {
         for (name, bucket) in &self.buckets {
             grants = grants.with_kv(name.clone(), bucket.clone() as Arc<dyn KvBucket>);
         }
-        for (name, bucket) in &self.granted {
-            grants = grants.with_kv(name.clone(), bucket.clone());
+        for (name, connector) in &self.granted {
+            grants = grants.with(name.clone(), connector.clone());
         }
         JobContext {
             grants,

@@ -1,11 +1,12 @@
 //! # plover-sdk: write Plover migration handlers in Rust
 //!
-//! A handler is a WebAssembly component that implements the `plover:migration@0.1.0`
-//! contract (see `wit/v0.1.0/` in the Plover repository). With this crate you implement one
+//! A handler is a WebAssembly component that implements the `plover:migration@0.1.1`
+//! contract (see `wit/v0.1.1/` in the Plover repository). With this crate you implement one
 //! trait, [`Handler`], and call one macro, [`export_handler!`]; the SDK turns the contract's
 //! raw bindings into ordinary Rust: typed parameters through serde, `Result` with the
 //! contract's [`MigrationError`], and small helpers for logging, progress, object results,
-//! checkpoints and key-value buckets.
+//! checkpoints, key-value buckets, SQL connections ([`SqlConnection`]) and outgoing HTTP
+//! ([`http_send`]).
 //!
 //! Build the crate as a `cdylib` for the `wasm32-wasip2` target and hand the `.wasm` file to
 //! the Plover host.
@@ -94,7 +95,7 @@
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.1.1",
         world: "handler-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_handler_plugin",
@@ -105,8 +106,14 @@ pub mod bindings {
 use bindings::exports::plover::migration::handler::Guest;
 use bindings::plover::migration::job;
 
+pub use bindings::plover::migration::http::{
+    HttpError, Request as HttpRequest, Response as HttpResponse, send as http_send,
+};
 pub use bindings::plover::migration::job::LogLevel;
 pub use bindings::plover::migration::kv::{Bucket, KvError, ScanPage};
+pub use bindings::plover::migration::sql::{
+    Column, Connection as SqlConnection, DatabaseError, RowPage, SqlError, SqlValue,
+};
 pub use bindings::plover::migration::types::{
     ErrorKind, Finding, MigrationError, MigrationOptions, MigrationPlan, MigrationSpec,
     ObjectResult, ObjectStatus, PlanStep, PluginInfo, RiskLevel, Severity, StepKind, StepReport,
@@ -116,11 +123,12 @@ pub use bindings::plover::migration::types::{
 /// Everything a handler usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        Bucket, ErrorKind, Finding, Handler, KvError, LogLevel, MigrationError, MigrationPlan,
-        MigrationSpec, ObjectResult, ObjectStatus, PlanStep, PluginInfo, RiskLevel, ScanPage,
-        Severity, SpecExt, StepKind, StepReport, ValidationLevel, ValidationReport, debug, error,
-        info, is_cancelled, load_checkpoint, log, progress, record_object, record_objects,
-        save_checkpoint, warn,
+        Bucket, ErrorKind, Finding, Handler, HttpError, HttpRequest, HttpResponse, KvError,
+        LogLevel, MigrationError, MigrationPlan, MigrationSpec, ObjectResult, ObjectStatus,
+        PlanStep, PluginInfo, RiskLevel, ScanPage, Severity, SpecExt, SqlConnection, SqlError,
+        SqlExt, SqlValue, StepKind, StepReport, ValidationLevel, ValidationReport, debug, error,
+        http_send, info, is_cancelled, load_checkpoint, log, progress, record_object,
+        record_objects, save_checkpoint, warn,
     };
 }
 
@@ -275,6 +283,163 @@ impl From<KvError> for MigrationError {
                 MigrationError::step_failed(message)
             }
         }
+    }
+}
+
+/// Lets `?` turn a SQL error into the contract's error: a missing grant is the spec's fault,
+/// an unreachable database or a timeout may pass (retryable), the rest fail the step.
+impl From<SqlError> for MigrationError {
+    fn from(e: SqlError) -> Self {
+        match e {
+            SqlError::NotGranted(m) => {
+                MigrationError::invalid_spec(format!("binding not granted: {m}"))
+            }
+            SqlError::ReadOnly(m) => {
+                MigrationError::step_failed(format!("write refused during a read-only call: {m}"))
+            }
+            SqlError::InvalidArgument(m) => {
+                MigrationError::step_failed(format!("invalid SQL argument: {m}"))
+            }
+            SqlError::Database(d) => MigrationError::step_failed(format!(
+                "database error {}: {}{}",
+                d.code,
+                d.message,
+                d.detail.map(|x| format!(" ({x})")).unwrap_or_default()
+            )),
+            SqlError::Timeout(m) => MigrationError::new(ErrorKind::Timeout, m).retryable(),
+            SqlError::Unavailable(m) => MigrationError::new(
+                ErrorKind::DependencyUnavailable,
+                format!("database unavailable: {m}"),
+            )
+            .retryable(),
+        }
+    }
+}
+
+/// Lets `?` turn an HTTP error into the contract's error.
+impl From<HttpError> for MigrationError {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::NotGranted(m) => {
+                MigrationError::invalid_spec(format!("binding not granted: {m}"))
+            }
+            HttpError::Denied(m) => {
+                MigrationError::invalid_spec(format!("request denied by the host: {m}"))
+            }
+            HttpError::ReadOnly(m) => {
+                MigrationError::step_failed(format!("write refused during a read-only call: {m}"))
+            }
+            HttpError::InvalidArgument(m) => {
+                MigrationError::step_failed(format!("invalid request: {m}"))
+            }
+            HttpError::TooLarge(m) => MigrationError::new(ErrorKind::InsufficientResources, m),
+            HttpError::Timeout(m) => MigrationError::new(ErrorKind::Timeout, m).retryable(),
+            HttpError::Transport(m) => {
+                MigrationError::new(ErrorKind::DependencyUnavailable, format!("HTTP: {m}"))
+                    .retryable()
+            }
+        }
+    }
+}
+
+/// Conveniences on a [`SqlConnection`].
+pub trait SqlExt {
+    /// Every row of `statement`, fetched page by page (mind the size of what you select).
+    fn query_all(
+        &self,
+        statement: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Vec<SqlValue>>, SqlError>;
+    /// The first column of the first row, if any.
+    fn query_scalar(
+        &self,
+        statement: &str,
+        params: &[SqlValue],
+    ) -> Result<Option<SqlValue>, SqlError>;
+}
+
+impl SqlExt for SqlConnection {
+    fn query_all(
+        &self,
+        statement: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+        let mut page = self.query(statement, params, 1000)?;
+        let mut rows = std::mem::take(&mut page.rows);
+        while let Some(cursor) = page.cursor.take() {
+            page = self.fetch(&cursor, 1000)?;
+            rows.append(&mut page.rows);
+        }
+        Ok(rows)
+    }
+
+    fn query_scalar(
+        &self,
+        statement: &str,
+        params: &[SqlValue],
+    ) -> Result<Option<SqlValue>, SqlError> {
+        let page = self.query(statement, params, 1)?;
+        Ok(page
+            .rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next()))
+    }
+}
+
+impl SqlValue {
+    /// The value as text, for `text` and `json` values.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            SqlValue::Text(s) | SqlValue::Json(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            SqlValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            SqlValue::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+    pub fn is_null(&self) -> bool {
+        matches!(self, SqlValue::Null)
+    }
+}
+
+impl From<&str> for SqlValue {
+    fn from(s: &str) -> Self {
+        SqlValue::Text(s.to_string())
+    }
+}
+impl From<String> for SqlValue {
+    fn from(s: String) -> Self {
+        SqlValue::Text(s)
+    }
+}
+impl From<i64> for SqlValue {
+    fn from(i: i64) -> Self {
+        SqlValue::Int(i)
+    }
+}
+impl From<bool> for SqlValue {
+    fn from(b: bool) -> Self {
+        SqlValue::Boolean(b)
+    }
+}
+impl From<Vec<u8>> for SqlValue {
+    fn from(b: Vec<u8>) -> Self {
+        SqlValue::Bytes(b)
+    }
+}
+impl<T: Into<SqlValue>> From<Option<T>> for SqlValue {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(SqlValue::Null, Into::into)
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench -p plover-tests --bench tracking` (add `-- --quick` for a smoke run).
 
-use plover_host::connectors::{ConnectionProvider, Grants, KvBucket, SledBuckets, SledConnections};
+use plover_host::connectors::{ConnectionProvider, Grants, HostConnections, KvBucket, SledBuckets};
 use plover_host::engine::handle::RunControl;
 use plover_host::engine::options::JobOptions;
 use plover_host::engine::tracking::StepEvents;
@@ -56,7 +56,7 @@ fn main() {
     registry
         .insert(runtime.load_file(artifacts::KV_COPY.as_ref()).unwrap())
         .unwrap();
-    let connections = Arc::new(SledConnections::new(buckets.clone(), BTreeMap::new(), true));
+    let connections = Arc::new(HostConnections::new(buckets.clone(), BTreeMap::new(), true));
     let store = Arc::new(SledJobStore::open(&db).unwrap());
     let engine = Engine::open(
         registry.clone(),
@@ -96,7 +96,7 @@ fn main() {
         });
         let grants = Grants::new(connections.job_state(&job.id).unwrap())
             .with_kv("source", source.clone())
-            .with_kv("target", connections.kv(&target).unwrap());
+            .with("target", connections.connect(&target).unwrap());
         let ctx = JobContext {
             grants,
             events,

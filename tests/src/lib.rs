@@ -7,3 +7,110 @@
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
+
+/// The machine's real PostgreSQL (127.0.0.1:5432, trust auth, database `test`) and Redis
+/// (127.0.0.1:6379), each test in its own schema or key prefix so runs never collide.
+pub mod services {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub const POSTGRES_URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+    pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+    /// A name no other test (or concurrent run) uses: `tag`, the process id and a counter.
+    pub fn unique(tag: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!(
+            "{tag}_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub fn postgres() -> postgres::Client {
+        postgres::Client::connect(POSTGRES_URL, postgres::NoTls)
+            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup.sh --services starts it)")
+    }
+
+    pub fn redis() -> redis::Connection {
+        redis::Client::open(REDIS_URL)
+            .and_then(|c| c.get_connection())
+            .expect("Redis on 127.0.0.1:6379 (scripts/setup.sh --services starts it)")
+    }
+
+    /// A schema of its own, dropped with everything in it when this value is.
+    pub struct Schema {
+        pub name: String,
+    }
+
+    impl Schema {
+        pub fn new(tag: &str) -> Schema {
+            let name = unique(tag).to_lowercase();
+            postgres()
+                .batch_execute(&format!("CREATE SCHEMA {name}"))
+                .unwrap();
+            Schema { name }
+        }
+
+        /// A client whose search path is this schema.
+        pub fn client(&self) -> postgres::Client {
+            let mut c = postgres();
+            c.batch_execute(&format!("SET search_path = {}", self.name))
+                .unwrap();
+            c
+        }
+    }
+
+    impl Drop for Schema {
+        fn drop(&mut self) {
+            if let Ok(mut c) = postgres::Client::connect(POSTGRES_URL, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+            }
+        }
+    }
+
+    /// A Redis key prefix of its own; its keys are deleted when this value is dropped.
+    pub struct RedisPrefix {
+        pub prefix: String,
+    }
+
+    impl RedisPrefix {
+        pub fn new(tag: &str) -> RedisPrefix {
+            RedisPrefix {
+                prefix: format!("{}:", unique(tag)),
+            }
+        }
+
+        /// Every key under the prefix (without it), sorted.
+        pub fn keys(&self) -> Vec<String> {
+            let mut conn = redis();
+            let mut keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query(&mut conn)
+                .unwrap();
+            keys.sort();
+            keys.into_iter()
+                .map(|k| k[self.prefix.len()..].to_string())
+                .collect()
+        }
+    }
+
+    impl Drop for RedisPrefix {
+        fn drop(&mut self) {
+            if let Ok(c) = redis::Client::open(REDIS_URL)
+                && let Ok(mut conn) = c.get_connection()
+            {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", self.prefix))
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                for chunk in keys.chunks(1000) {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+                }
+            }
+        }
+    }
+}

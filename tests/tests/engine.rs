@@ -2,7 +2,7 @@
 //! and automatic rollback, retries, approval and dry-run gates bound to the plan identity,
 //! cancel, pause and resume, timeouts, log retention and the change feed.
 
-use plover_host::connectors::{KvBucket, SledBuckets, SledConnections};
+use plover_host::connectors::{HostConnections, KvBucket, SledBuckets};
 use plover_host::engine::job::{EventBody, JobSnapshot};
 use plover_host::engine::options::JobOptions;
 use plover_host::engine::state::{Action, JobStatus, StepStatus};
@@ -40,7 +40,7 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let buckets = SledBuckets::new(db.clone());
-    let connections = Arc::new(SledConnections::new(buckets.clone(), BTreeMap::new(), true));
+    let connections = Arc::new(HostConnections::new(buckets.clone(), BTreeMap::new(), true));
     let store = Arc::new(SledJobStore::open(&db).unwrap());
     let engine = Engine::open(registry(), store, connections, JobOptions::default()).unwrap();
     Env {

@@ -31,7 +31,7 @@ fn plugin_identity_is_name_version_and_sha256_of_its_bytes() {
     assert_eq!(plugin.name(), "kv-copy");
     assert_eq!(plugin.version().to_string(), "1.2.0");
     assert_eq!(plugin.info().kinds, ["kv-copy", "session-store-move"]);
-    assert_eq!(plugin.contract_version().to_string(), "0.1.0");
+    assert_eq!(plugin.contract_version().to_string(), "0.1.1");
     assert_eq!(plugin.sha256(), sha256sum(artifacts::KV_COPY));
     let summary = serde_json::to_value(plugin.summary()).unwrap();
     assert_eq!(summary["limits"]["memory_bytes"], 256 << 20);
@@ -217,4 +217,19 @@ fn cache_key_includes_engine_settings() {
         "code compiled without fuel checks must not be reused with fuel on"
     );
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn a_plugin_built_against_contract_0_1_0_still_loads_and_runs() {
+    // 0.1.1 only added to 0.1.0: a handler built against the frozen 0.1.0 folder binds to the
+    // host's 0.1.1 definitions through wasmtime's semver-compatible name resolution.
+    let mut h = plover_host::testing::TestHarness::load(artifacts::CONTRACT_V0_1_0).unwrap();
+    assert_eq!(h.plugin.contract_version().to_string(), "0.1.0");
+    let source = h.bucket("source");
+    source.insert("greeting", "hello");
+    let target = h.bucket("target");
+    let spec = h.spec("old", serde_json::json!({}));
+    let run = h.run_all(&spec).unwrap();
+    assert_eq!(run.steps[0].1.summary, "shouted");
+    assert_eq!(target.snapshot()["greeting"], b"HELLO");
 }

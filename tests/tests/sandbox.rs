@@ -347,5 +347,5 @@ fn incompatible_contract_version_names_both_versions() {
     assert!(matches!(err, LoadError::ContractVersion { .. }), "{err}");
     let message = err.to_string();
     assert!(message.contains("plover:migration@0.2.0"), "{message}");
-    assert!(message.contains("plover:migration@0.1.0"), "{message}");
+    assert!(message.contains("plover:migration@0.1.1"), "{message}");
 }

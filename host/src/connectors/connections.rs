@@ -1,52 +1,115 @@
 //! Connections the host configures, by name. A job's grants bind its binding names (what the
 //! plugin sees, e.g. `source`) to these connection names (what the operator sees, e.g.
-//! `sessions-old`). Connection details never reach a plugin.
+//! `sessions-old`). Connection details (URLs, passwords) never reach a plugin.
 
-use super::{KvBucket, SledBuckets};
+use super::http_out::{HttpConnection, HttpRules};
+use super::postgres::PostgresDatabase;
+use super::redis_kv::RedisBucket;
+use super::{Connector, SledBuckets};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// How one named key-value connection is reached.
+/// How one named connection is reached (the `[connections.NAME]` tables of the host config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum KvConnection {
+pub enum ConnectionConfig {
     /// A bucket in the host's embedded sled database.
     Sled { bucket: String },
+    /// Keys in a Redis database, all under `key_prefix` (the plugin never sees the prefix).
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+        #[serde(default)]
+        key_prefix: String,
+    },
+    /// A PostgreSQL database.
+    Postgres {
+        /// `postgres://user@host:port/db` or `host=... user=... dbname=...`.
+        url: String,
+        /// Schemas to search, e.g. `migrations,public`; the server's default when absent.
+        #[serde(default)]
+        search_path: Option<String>,
+        /// The most connections the host keeps open to it.
+        #[serde(default = "default_max_connections")]
+        max_connections: u32,
+    },
+    /// Outgoing HTTP to the origins its rules allow.
+    Http(HttpRules),
 }
 
-/// Resolves connection names to buckets, and gives every job its private state bucket.
+fn default_max_connections() -> u32 {
+    8
+}
+
+/// Resolves connection names to connectors, and gives every job its private state bucket.
 pub trait ConnectionProvider: Send + Sync {
-    /// The key-value bucket behind connection `name`.
-    fn kv(&self, name: &str) -> Result<Arc<dyn KvBucket>, String>;
+    /// The connector behind connection `name`.
+    fn connect(&self, name: &str) -> Result<Connector, String>;
     /// The private bucket of job `job` (see `kv.bucket.job-state` in the contract).
-    fn job_state(&self, job: &str) -> Result<Arc<dyn KvBucket>, String>;
+    fn job_state(&self, job: &str) -> Result<Arc<dyn super::KvBucket>, String>;
     /// Forget job `job`'s private bucket.
     fn drop_job_state(&self, job: &str) -> Result<(), String>;
     /// The configured connection names, for error messages and the API.
     fn names(&self) -> Vec<String>;
 }
 
-/// Connections backed by the host's sled database.
-pub struct SledConnections {
+/// The connections of one host: its sled database plus the configured connections. Each
+/// configured connection is opened once, on first use, and shared by every job (pools).
+pub struct HostConnections {
     buckets: SledBuckets,
-    named: BTreeMap<String, KvConnection>,
+    configured: BTreeMap<String, ConnectionConfig>,
+    opened: Mutex<BTreeMap<String, Connector>>,
     /// When true, a name not configured refers to the sled bucket of that name. Convenient on
     /// a developer's machine; operators turn it off to allow configured connections only.
     pub any_sled_bucket: bool,
 }
 
-impl SledConnections {
+impl HostConnections {
     pub fn new(
         buckets: SledBuckets,
-        named: BTreeMap<String, KvConnection>,
+        configured: BTreeMap<String, ConnectionConfig>,
         any_sled_bucket: bool,
     ) -> Self {
-        SledConnections {
+        HostConnections {
             buckets,
-            named,
+            configured,
+            opened: Mutex::new(BTreeMap::new()),
             any_sled_bucket,
         }
+    }
+
+    /// Open every configured connection, so a mistake in the configuration (a malformed URL,
+    /// an origin pattern) stops the host at start-up. Nothing connects yet: pools connect on
+    /// first use, so a database that is down does not keep the host from starting.
+    pub fn open_all(&self) -> Result<(), String> {
+        for name in self.configured.keys() {
+            self.connect(name)?;
+        }
+        Ok(())
+    }
+
+    fn open(&self, config: &ConnectionConfig) -> Result<Connector, String> {
+        Ok(match config {
+            ConnectionConfig::Sled { bucket } => {
+                Connector::Kv(self.buckets.open(bucket).map_err(|e| e.to_string())?)
+            }
+            ConnectionConfig::Redis { url, key_prefix } => {
+                Connector::Kv(Arc::new(RedisBucket::new(url, key_prefix)?))
+            }
+            ConnectionConfig::Postgres {
+                url,
+                search_path,
+                max_connections,
+            } => Connector::Sql(Arc::new(PostgresDatabase::new(
+                url,
+                search_path.as_deref(),
+                *max_connections,
+            )?)),
+            ConnectionConfig::Http(rules) => {
+                Connector::Http(Arc::new(HttpConnection::new(rules.clone())?))
+            }
+        })
     }
 }
 
@@ -58,22 +121,30 @@ fn valid_bucket_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-impl ConnectionProvider for SledConnections {
-    fn kv(&self, name: &str) -> Result<Arc<dyn KvBucket>, String> {
-        let bucket = match self.named.get(name) {
-            Some(KvConnection::Sled { bucket }) => bucket.as_str(),
-            None if self.any_sled_bucket && valid_bucket_name(name) => name,
-            None => {
-                return Err(format!(
-                    "no connection named '{name}' is configured (configured: {})",
-                    self.names().join(", ")
-                ));
+impl ConnectionProvider for HostConnections {
+    fn connect(&self, name: &str) -> Result<Connector, String> {
+        let Some(config) = self.configured.get(name) else {
+            if self.any_sled_bucket && valid_bucket_name(name) {
+                let bucket = self.buckets.open(name).map_err(|e| e.to_string())?;
+                return Ok(Connector::Kv(bucket));
             }
+            return Err(format!(
+                "no connection named '{name}' is configured (configured: {})",
+                self.names().join(", ")
+            ));
         };
-        Ok(self.buckets.open(bucket).map_err(|e| e.to_string())?)
+        let mut opened = self.opened.lock().expect("connections lock");
+        if let Some(c) = opened.get(name) {
+            return Ok(c.clone());
+        }
+        let connector = self
+            .open(config)
+            .map_err(|e| format!("connection '{name}': {e}"))?;
+        opened.insert(name.to_string(), connector.clone());
+        Ok(connector)
     }
 
-    fn job_state(&self, job: &str) -> Result<Arc<dyn KvBucket>, String> {
+    fn job_state(&self, job: &str) -> Result<Arc<dyn super::KvBucket>, String> {
         Ok(self
             .buckets
             .open(&format!("@job-state/{job}"))
@@ -87,6 +158,6 @@ impl ConnectionProvider for SledConnections {
     }
 
     fn names(&self) -> Vec<String> {
-        self.named.keys().cloned().collect()
+        self.configured.keys().cloned().collect()
     }
 }

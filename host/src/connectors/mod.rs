@@ -1,16 +1,24 @@
-//! Connectors: the data systems a job may reach, behind small traits so a backend (sled,
-//! memory today; Redis and SQL next) can be added without touching the runtime or the engine.
+//! Connectors: the systems a job may reach, behind small traits so a backend can be added
+//! without touching the runtime or the engine. Key-value ([`KvBucket`]: sled, Redis, memory),
+//! SQL ([`SqlDatabase`]: PostgreSQL) and outgoing HTTP ([`HttpConnection`]).
 //!
 //! Invariant: a plugin reaches a backend only through a [`Grants`] value built by the host for
 //! one job. Connection details never cross into the guest; it sees binding names only.
 
 mod connections;
+pub mod http_out;
 mod memory_kv;
+pub mod postgres;
+mod redis_kv;
 mod sled_kv;
+pub mod sql;
 
-pub use connections::{ConnectionProvider, KvConnection, SledConnections};
+pub use connections::{ConnectionConfig, ConnectionProvider, HostConnections};
+pub use http_out::{HttpConnection, HttpRules};
 pub use memory_kv::MemoryBucket;
+pub use redis_kv::RedisBucket;
 pub use sled_kv::{SledBucket, SledBuckets};
+pub use sql::SqlDatabase;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,32 +54,98 @@ pub trait KvBucket: Send + Sync {
         limit: usize,
     ) -> Result<ScanPage, KvBackendError>;
     fn count(&self, prefix: &str) -> Result<u64, KvBackendError>;
+
+    /// Whether keys can expire. Backends that cannot (sled, memory) refuse a time to live.
+    fn supports_expiry(&self) -> bool {
+        false
+    }
+    /// Remaining time to live of each key in milliseconds; `None` when it does not expire.
+    fn ttl_many(&self, keys: &[String]) -> Result<Vec<Option<u64>>, KvBackendError> {
+        Ok(vec![None; keys.len()])
+    }
+    /// Write entries, each with its own time to live. Only called when [`supports_expiry`]
+    /// or when no entry has a time to live.
+    ///
+    /// [`supports_expiry`]: KvBucket::supports_expiry
+    fn set_many_with_ttl(
+        &self,
+        entries: &[(String, Vec<u8>, Option<u64>)],
+    ) -> Result<(), KvBackendError> {
+        let plain: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        self.set_many(&plain)
+    }
 }
 
-/// The connectors one job may use: key-value buckets by binding name, plus the job's own
-/// private state bucket (for backups and journals that rollback needs).
+/// What a binding name leads to: one connection of one kind.
+#[derive(Clone)]
+pub enum Connector {
+    Kv(Arc<dyn KvBucket>),
+    Sql(Arc<dyn SqlDatabase>),
+    Http(Arc<HttpConnection>),
+}
+
+impl Connector {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Connector::Kv(_) => "key-value",
+            Connector::Sql(_) => "SQL",
+            Connector::Http(_) => "HTTP",
+        }
+    }
+}
+
+/// The connectors one job may use, by binding name, plus the job's own private state bucket
+/// (for backups and journals that rollback needs).
 #[derive(Clone)]
 pub struct Grants {
-    kv: BTreeMap<String, Arc<dyn KvBucket>>,
+    bindings: BTreeMap<String, Connector>,
     job_state: Arc<dyn KvBucket>,
 }
 
 impl Grants {
     pub fn new(job_state: Arc<dyn KvBucket>) -> Self {
         Grants {
-            kv: BTreeMap::new(),
+            bindings: BTreeMap::new(),
             job_state,
         }
     }
 
-    /// Grant `bucket` under the binding name `binding`.
-    pub fn with_kv(mut self, binding: impl Into<String>, bucket: Arc<dyn KvBucket>) -> Self {
-        self.kv.insert(binding.into(), bucket);
+    /// Grant `connector` under the binding name `binding`.
+    pub fn with(mut self, binding: impl Into<String>, connector: Connector) -> Self {
+        self.bindings.insert(binding.into(), connector);
         self
     }
 
-    pub fn kv(&self, binding: &str) -> Option<&Arc<dyn KvBucket>> {
-        self.kv.get(binding)
+    /// Grant `bucket` under the binding name `binding`.
+    pub fn with_kv(self, binding: impl Into<String>, bucket: Arc<dyn KvBucket>) -> Self {
+        self.with(binding, Connector::Kv(bucket))
+    }
+
+    /// The bucket granted as `binding`, or why there is none.
+    pub fn kv(&self, binding: &str) -> Result<&Arc<dyn KvBucket>, String> {
+        match self.bindings.get(binding) {
+            Some(Connector::Kv(bucket)) => Ok(bucket),
+            other => Err(refusal(binding, "key-value", other)),
+        }
+    }
+
+    /// The SQL database granted as `binding`, or why there is none.
+    pub fn sql(&self, binding: &str) -> Result<&Arc<dyn SqlDatabase>, String> {
+        match self.bindings.get(binding) {
+            Some(Connector::Sql(db)) => Ok(db),
+            other => Err(refusal(binding, "SQL", other)),
+        }
+    }
+
+    /// The HTTP connection granted as `binding`, or why there is none.
+    pub fn http(&self, binding: &str) -> Result<&Arc<HttpConnection>, String> {
+        match self.bindings.get(binding) {
+            Some(Connector::Http(http)) => Ok(http),
+            other => Err(refusal(binding, "HTTP", other)),
+        }
     }
 
     pub fn job_state(&self) -> &Arc<dyn KvBucket> {
@@ -80,7 +154,18 @@ impl Grants {
 
     /// The binding names, as the plugin sees them in its spec.
     pub fn binding_names(&self) -> Vec<String> {
-        self.kv.keys().cloned().collect()
+        self.bindings.keys().cloned().collect()
+    }
+}
+
+/// Why `binding` cannot be used as a `wanted` connection.
+fn refusal(binding: &str, wanted: &str, found: Option<&Connector>) -> String {
+    match found {
+        None => format!("no {wanted} connection is granted as '{binding}'"),
+        Some(c) => format!(
+            "'{binding}' is granted as a {} connection, not a {wanted} one",
+            c.kind()
+        ),
     }
 }
 

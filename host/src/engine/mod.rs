@@ -146,15 +146,24 @@ pub(crate) struct Inner {
 
 impl Inner {
     fn grants_for(&self, record: &JobRecord) -> Result<Grants, String> {
-        let mut grants = Grants::new(self.connections.job_state(&record.id)?);
-        for (binding, connection) in &record.grants {
-            let bucket = self
+        self.connect_grants(&record.id, &record.grants)
+    }
+
+    /// The connectors job `id` may use: each binding's named connection, and its state bucket.
+    fn connect_grants(
+        &self,
+        id: &str,
+        grants: &BTreeMap<String, String>,
+    ) -> Result<Grants, String> {
+        let mut connected = Grants::new(self.connections.job_state(id)?);
+        for (binding, connection) in grants {
+            let connector = self
                 .connections
-                .kv(connection)
-                .map_err(|e| format!("binding '{binding}': {e}"))?;
-            grants = grants.with_kv(binding.clone(), bucket);
+                .connect(connection)
+                .map_err(|e| format!("grant '{binding}': {e}"))?;
+            connected = connected.with(binding.clone(), connector);
         }
-        Ok(grants)
+        Ok(connected)
     }
 
     /// A run ended: tell the final hooks if the job is now final.
@@ -389,23 +398,13 @@ impl Engine {
         spec: &MigrationSpec,
         grants: &BTreeMap<String, String>,
     ) -> Result<(Plan, Vec<EventBody>), EngineError> {
-        let mut kv = Grants::new(
-            self.inner
-                .connections
-                .job_state(id)
-                .map_err(EngineError::InvalidRequest)?,
-        );
-        for (binding, connection) in grants {
-            let bucket = self
-                .inner
-                .connections
-                .kv(connection)
-                .map_err(|e| EngineError::InvalidRequest(format!("grant '{binding}': {e}")))?;
-            kv = kv.with_kv(binding.clone(), bucket);
-        }
+        let grants = self
+            .inner
+            .connect_grants(id, grants)
+            .map_err(EngineError::InvalidRequest)?;
         let logs = Arc::new(CollectedLogs::default());
         let ctx = JobContext {
-            grants: kv,
+            grants,
             events: logs.clone(),
             checkpoint: None,
             force_stop: ForceStop::new(),

@@ -55,6 +55,8 @@ pub enum PluginFailure {
     WriteDenied { attempts: usize, first: String },
     #[error("could not be instantiated: {message}")]
     Instantiate { message: String },
+    #[error("finished, but its connector work could not be made durable: {message}")]
+    Connector { message: String },
 }
 
 fn humanize(d: Duration) -> String {
@@ -86,6 +88,7 @@ impl PluginFailure {
             PluginFailure::Trap { .. } => "trap",
             PluginFailure::WriteDenied { .. } => "write-denied",
             PluginFailure::Instantiate { .. } => "instantiate",
+            PluginFailure::Connector { .. } => "connector",
         }
     }
 }

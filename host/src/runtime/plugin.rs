@@ -5,7 +5,7 @@ use super::clock::WaitLimit;
 use super::contract::v0_1::{self, HandlerPlugin, HandlerPluginPre};
 use super::error::{Call, PluginError, PluginFailure};
 use super::events::{ForceStop, JobEvents};
-use super::host_imports::{Access, CallState, JobScope};
+use super::host_imports::{Access, CallState, ConnectorFailure, JobScope};
 use super::sandbox::{CallLimiter, GuestStderr, SandboxLimits, wasi_context};
 use crate::connectors::Grants;
 use crate::model;
@@ -54,6 +54,29 @@ pub struct PluginSummary {
 
 /// The result of a call that ran to its end: the handler's own answer, which may be an error.
 pub type HandlerResult<T> = Result<T, model::MigrationError>;
+
+/// Whether what a call returned is a success, which commits its connector transactions.
+pub(crate) trait CallOutcome {
+    fn succeeded(&self) -> bool;
+}
+
+impl<T, E> CallOutcome for Result<T, E> {
+    fn succeeded(&self) -> bool {
+        self.is_ok()
+    }
+}
+
+impl CallOutcome for () {
+    fn succeeded(&self) -> bool {
+        true
+    }
+}
+
+impl CallOutcome for v0_1::wit::PluginInfo {
+    fn succeeded(&self) -> bool {
+        true
+    }
+}
 
 /// Raised from the epoch callback; turned into [`PluginFailure::Deadline`] or `ForceStopped`.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +253,7 @@ impl LoadedPlugin {
             .map(Into::into)
     }
 
-    fn call<R>(
+    fn call<R: CallOutcome>(
         &self,
         call: Call,
         job: Option<&JobContext>,
@@ -261,7 +284,7 @@ pub(crate) struct CallTarget<'a> {
 
 impl CallTarget<'_> {
     /// [`CallTarget::run_uncounted`], counted in the runtime's call statistics.
-    fn run<R>(
+    fn run<R: CallOutcome>(
         &self,
         call: Call,
         job: Option<&JobContext>,
@@ -276,7 +299,7 @@ impl CallTarget<'_> {
 
     /// Make a store, instantiate, call `f`, and turn whatever went wrong into a
     /// [`PluginError`].
-    fn run_uncounted<R>(
+    fn run_uncounted<R: CallOutcome>(
         &self,
         call: Call,
         job: Option<&JobContext>,
@@ -320,6 +343,7 @@ impl CallTarget<'_> {
                 deadline,
                 force_stop: force_stop.clone(),
             },
+            sql: Default::default(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -358,6 +382,9 @@ impl CallTarget<'_> {
             }
         };
         let outcome = f(&mut store, &instance);
+        // Connector transactions end with the call: committed only if it succeeded.
+        let commit = access == Access::ReadWrite && matches!(&outcome, Ok(r) if r.succeeded());
+        let finished = store.data_mut().finish_transactions(commit);
         let state = store.data();
         if !state.denied_writes.is_empty() {
             return Err(fail(PluginFailure::WriteDenied {
@@ -365,7 +392,9 @@ impl CallTarget<'_> {
                 first: state.denied_writes[0].clone(),
             }));
         }
-        outcome.map_err(|e| fail(classify(&e, &store, limits)))
+        let value = outcome.map_err(|e| fail(classify(&e, &store, limits)))?;
+        finished.map_err(|e| fail(PluginFailure::Connector { message: e.0 }))?;
+        Ok(value)
     }
 }
 
@@ -382,6 +411,11 @@ fn classify(
                 limit: limits.call_timeout,
             },
             Interrupted::ForceStopped => PluginFailure::ForceStopped,
+        };
+    }
+    if let Some(ConnectorFailure(message)) = err.downcast_ref::<ConnectorFailure>() {
+        return PluginFailure::Connector {
+            message: message.clone(),
         };
     }
     let stderr = state.stderr.text();

@@ -1,6 +1,6 @@
 //! The WIT contract as the host sees it: one module per contract version the host accepts,
 //! each generating its bindings from its frozen `wit/vX.Y.Z/` folder and converting to and
-//! from the host's own [`crate::model`]. Today that is only `v0.1`.
+//! from the host's own [`crate::model`]. Today that is only the 0.1 line (0.1.0 and 0.1.1).
 
 pub mod v0_1;
 
@@ -13,7 +13,7 @@ pub const HANDLER_INTERFACE: &str = "plover:migration/handler";
 
 /// The newest contract version this host implements.
 pub fn host_contract_version() -> Version {
-    Version::new(0, 1, 0)
+    Version::new(0, 1, 1)
 }
 
 /// Whether a plugin built against `plugin` can run on this host: the same major version, and
@@ -70,6 +70,7 @@ mod tests {
     #[test]
     fn compatibility_follows_semver_caret_for_zero_major() {
         assert!(is_compatible(&Version::new(0, 1, 0)));
+        assert!(is_compatible(&Version::new(0, 1, 1)));
         assert!(
             !is_compatible(&Version::new(0, 2, 0)),
             "0.2 is a breaking change from 0.1"
@@ -77,7 +78,7 @@ mod tests {
         assert!(!is_compatible(&Version::new(1, 0, 0)));
         assert!(!is_compatible(&Version::new(0, 0, 9)));
         assert!(
-            !is_compatible(&Version::new(0, 1, 1)),
+            !is_compatible(&Version::new(0, 1, 2)),
             "a newer patch than the host knows is refused"
         );
     }

@@ -1,13 +1,16 @@
-//! Contract `plover:migration@0.1.0`: generated bindings and conversions to the host model.
+//! Contract line 0.1 (`plover:migration@0.1.x`): bindings generated from its newest folder,
+//! `wit/v0.1.1/`, and conversions to the host model. Plugins built against 0.1.0 bind to the
+//! same definitions: 0.1.1 only added to 0.1.0, and wasmtime resolves semver-compatible names.
 
 use crate::model;
 
 wasmtime::component::bindgen!({
-    path: "../wit/v0.1.0",
+    path: "../wit/v0.1.1",
     world: "handler-plugin",
     imports: { default: trappable },
     with: {
         "plover:migration/kv.bucket": crate::runtime::host_imports::OpenBucket,
+        "plover:migration/sql.connection": crate::runtime::host_imports::OpenSql,
     },
 });
 

@@ -1,0 +1,448 @@
+//! The SQL connector over PostgreSQL (14 or newer), with the synchronous `postgres` client:
+//! host imports are synchronous, so a blocking client needs no runtime bridge per call.
+//!
+//! Every connection the pool opens asks the server to check every second whether its client
+//! is still there (`client_connection_check_interval`), so the transaction (and any advisory
+//! lock) of a host that was killed mid-statement ends within a second instead of when the
+//! statement would have finished.
+
+use super::sql::{
+    Column, MAX_PAGE_ROWS, RowPage, SqlDatabase, SqlError, SqlTransaction, SqlValue,
+    transaction_control_keyword,
+};
+use postgres::error::SqlState;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use postgres::{NoTls, Row};
+use r2d2_postgres::PostgresConnectionManager;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pooled = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+pub struct PostgresDatabase {
+    pool: Pool,
+}
+
+impl PostgresDatabase {
+    /// A database reached through `url`. Connects lazily: a server that is down fails the
+    /// first call that opens the connection (as `unavailable`), not the host's start.
+    pub fn new(url: &str, search_path: Option<&str>, max_connections: u32) -> Result<Self, String> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("postgres connection string: {e}"))?;
+        let mut options = config.get_options().unwrap_or_default().to_string();
+        options.push_str(" -c client_connection_check_interval=1000");
+        if let Some(path) = search_path {
+            options.push_str(&format!(" -c search_path={}", path.replace(' ', "")));
+        }
+        config
+            .options(options.trim())
+            .application_name("plover")
+            .connect_timeout(Duration::from_secs(5));
+        let pool = r2d2::Pool::builder()
+            .max_size(max_connections.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(10))
+            .test_on_check_out(false)
+            .build_unchecked(PostgresConnectionManager::new(config, NoTls));
+        Ok(PostgresDatabase { pool })
+    }
+}
+
+impl SqlDatabase for PostgresDatabase {
+    fn begin(
+        &self,
+        read_only: bool,
+        deadline: Instant,
+    ) -> Result<Box<dyn SqlTransaction>, SqlError> {
+        let conn = self
+            .pool
+            .get()
+            .map_err(|e| SqlError::Unavailable(e.to_string()))?;
+        let mut tx = PgTransaction {
+            conn: Some(conn),
+            read_only,
+            deadline,
+            next_cursor: 0,
+            cursors: BTreeMap::new(),
+            buffered: BTreeMap::new(),
+            aborted: None,
+        };
+        tx.start()?;
+        Ok(Box::new(tx))
+    }
+}
+
+struct PgTransaction {
+    /// `None` once finished.
+    conn: Option<Pooled>,
+    read_only: bool,
+    deadline: Instant,
+    next_cursor: u32,
+    /// Server-side cursors of `query` calls still open, each with the one row fetched ahead
+    /// (fetching one more than asked tells the end, so an exhausted cursor closes at once
+    /// instead of holding locks that later statements of the call would wait on).
+    cursors: BTreeMap<String, Option<Vec<SqlValue>>>,
+    /// Rows of statements that cannot be cursors (`INSERT ... RETURNING`) beyond the first page.
+    buffered: BTreeMap<String, (Vec<Column>, VecDeque<Vec<SqlValue>>)>,
+    /// The first error that aborted the transaction: PostgreSQL would silently turn a later
+    /// `COMMIT` into a rollback, so the host remembers and says so.
+    aborted: Option<String>,
+}
+
+impl PgTransaction {
+    fn conn(&mut self) -> &mut Pooled {
+        self.conn
+            .as_mut()
+            .expect("a finished transaction is never used")
+    }
+
+    fn remaining_ms(&self) -> Result<u128, SqlError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(SqlError::Timeout("the call's deadline has passed".into()))
+        } else {
+            Ok(left.as_millis().max(1))
+        }
+    }
+
+    fn start(&mut self) -> Result<(), SqlError> {
+        let ms = self.remaining_ms()?;
+        let mode = if self.read_only { " READ ONLY" } else { "" };
+        let sql = format!("BEGIN{mode}; SET LOCAL statement_timeout = {ms}");
+        self.conn().batch_execute(&sql).map_err(convert)
+    }
+
+    /// Refuse what must not reach the database, before sending anything.
+    fn guard(&self, statement: &str) -> Result<(), SqlError> {
+        if let Some(word) = transaction_control_keyword(statement, self.read_only) {
+            let what = format!("'{word}' statements are the host's (one transaction per call)");
+            return Err(if self.read_only {
+                SqlError::ReadOnly(what)
+            } else {
+                SqlError::InvalidArgument(what)
+            });
+        }
+        self.remaining_ms().map(|_| ())
+    }
+
+    /// Note errors that abort the transaction.
+    fn track<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, SqlError> {
+        r.map_err(|e| {
+            let err = convert(e);
+            if matches!(
+                err,
+                SqlError::Database { .. } | SqlError::ReadOnly(_) | SqlError::Timeout(_)
+            ) && self.aborted.is_none()
+            {
+                self.aborted = Some(err.to_string());
+            }
+            err
+        })
+    }
+
+    fn fetch_cursor(&mut self, cursor: &str, page_size: usize) -> Result<RowPage, SqlError> {
+        let n = page_size.clamp(1, MAX_PAGE_ROWS);
+        let ahead = self.cursors.get_mut(cursor).and_then(Option::take);
+        let wanted = n + 1 - usize::from(ahead.is_some());
+        let fetched = {
+            let conn = self.conn();
+            conn.prepare(&format!("FETCH FORWARD {wanted} FROM {cursor}"))
+                .and_then(|st| {
+                    conn.query(&st, &[])
+                        .map(|rows| (columns(st.columns()), rows))
+                })
+        };
+        let (columns, fetched) = self.track(fetched)?;
+        let mut rows: Vec<Vec<SqlValue>> = ahead.into_iter().collect();
+        rows.extend(decode_rows(&fetched)?);
+        let cursor = if rows.len() > n {
+            self.cursors.insert(cursor.to_string(), rows.pop());
+            Some(cursor.to_string())
+        } else {
+            let closed = self.conn().batch_execute(&format!("CLOSE {cursor}"));
+            self.track(closed)?;
+            self.cursors.remove(cursor);
+            None
+        };
+        Ok(RowPage {
+            columns,
+            rows,
+            cursor,
+        })
+    }
+}
+
+impl SqlTransaction for PgTransaction {
+    fn execute(&mut self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlError> {
+        self.guard(statement)?;
+        let params: Vec<Param> = params.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let r = self.conn().execute(statement, &refs);
+        self.track(r)
+    }
+
+    fn query(
+        &mut self,
+        statement: &str,
+        params: &[SqlValue],
+        page_size: usize,
+    ) -> Result<RowPage, SqlError> {
+        self.guard(statement)?;
+        let statement = statement.trim().trim_end_matches(';');
+        let params: Vec<Param> = params.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let name = format!("plover_cursor_{}", self.next_cursor);
+        self.next_cursor += 1;
+        let first = statement
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if matches!(first.as_str(), "SELECT" | "VALUES" | "TABLE") {
+            // A server-side cursor: pages come from the server as asked, never all at once.
+            let declare = format!("DECLARE {name} NO SCROLL CURSOR FOR {statement}");
+            let r = self.conn().execute(declare.as_str(), &refs);
+            self.track(r)?;
+            self.cursors.insert(name.clone(), None);
+            return self.fetch_cursor(&name, page_size);
+        }
+        // Data-changing statements with RETURNING cannot be cursors: their rows (as many as
+        // the statement changed) are kept here and paged out.
+        let r = {
+            let conn = self.conn();
+            conn.prepare(statement).and_then(|st| {
+                conn.query(&st, &refs)
+                    .map(|rows| (columns(st.columns()), rows))
+            })
+        };
+        let (columns, rows) = self.track(r)?;
+        let mut rows: VecDeque<Vec<SqlValue>> = decode_rows(&rows)?.into();
+        let n = page_size.clamp(1, MAX_PAGE_ROWS);
+        let page: Vec<_> = rows.drain(..n.min(rows.len())).collect();
+        let cursor = (!rows.is_empty()).then(|| {
+            self.buffered.insert(name.clone(), (columns.clone(), rows));
+            name
+        });
+        Ok(RowPage {
+            columns,
+            rows: page,
+            cursor,
+        })
+    }
+
+    fn fetch(&mut self, cursor: &str, page_size: usize) -> Result<RowPage, SqlError> {
+        if let Some((columns, rows)) = self.buffered.get_mut(cursor) {
+            let n = page_size.clamp(1, MAX_PAGE_ROWS);
+            let page: Vec<_> = rows.drain(..n.min(rows.len())).collect();
+            let columns = columns.clone();
+            let more = !rows.is_empty();
+            if !more {
+                self.buffered.remove(cursor);
+            }
+            return Ok(RowPage {
+                columns,
+                rows: page,
+                cursor: more.then(|| cursor.to_string()),
+            });
+        }
+        if !self.cursors.contains_key(cursor) {
+            return Err(SqlError::InvalidArgument(format!(
+                "no open cursor '{cursor}' in this call (cursors end with the call or at a checkpoint)"
+            )));
+        }
+        self.remaining_ms()?;
+        self.fetch_cursor(cursor, page_size)
+    }
+
+    fn batch(&mut self, script: &str) -> Result<(), SqlError> {
+        if self.read_only {
+            return Err(SqlError::ReadOnly(
+                "scripts are refused during plan and validate".into(),
+            ));
+        }
+        self.remaining_ms()?;
+        let r = self.conn().batch_execute(script);
+        self.track(r)
+    }
+
+    fn commit_and_continue(&mut self) -> Result<(), SqlError> {
+        if let Some(why) = &self.aborted {
+            return Err(SqlError::InvalidArgument(format!(
+                "cannot commit: the transaction was aborted by an earlier error ({why})"
+            )));
+        }
+        let r = self.conn().batch_execute("COMMIT");
+        self.track(r)?;
+        self.cursors.clear();
+        self.buffered.clear();
+        self.start()
+    }
+
+    fn finish(mut self: Box<Self>, commit: bool) -> Result<(), SqlError> {
+        let mut conn = self.conn.take().expect("finish is called once");
+        let outcome = match (&self.aborted, commit) {
+            (None, true) => conn.batch_execute("COMMIT").map_err(convert),
+            (Some(why), true) => {
+                let _ = conn.batch_execute("ROLLBACK");
+                Err(SqlError::InvalidArgument(format!(
+                    "the call succeeded but its transaction was aborted by an earlier error ({why}); nothing was committed"
+                )))
+            }
+            (_, false) => conn.batch_execute("ROLLBACK").map_err(convert),
+        };
+        reset_session(&mut conn);
+        outcome
+    }
+}
+
+impl Drop for PgTransaction {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = conn.batch_execute("ROLLBACK");
+            reset_session(&mut conn);
+        }
+    }
+}
+
+/// Leave nothing of one call's session (settings, advisory locks, prepared statements) for the
+/// next user of the pooled connection.
+fn reset_session(conn: &mut Pooled) {
+    let _ = conn.batch_execute("DISCARD ALL");
+}
+
+fn convert(e: postgres::Error) -> SqlError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return SqlError::ReadOnly(db.message().to_string());
+        }
+        if *code == SqlState::QUERY_CANCELED {
+            return SqlError::Timeout(format!(
+                "{} (statements may not run past the call's deadline)",
+                db.message()
+            ));
+        }
+        return SqlError::Database {
+            code: code.code().to_string(),
+            message: db.message().to_string(),
+            detail: db.detail().map(str::to_string),
+        };
+    }
+    let text = e.to_string();
+    if text.starts_with("error serializing") || text.starts_with("error deserializing") {
+        let source = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        SqlError::InvalidArgument(format!("{text}{source}"))
+    } else {
+        SqlError::Unavailable(text)
+    }
+}
+
+fn columns(cols: &[postgres::Column]) -> Vec<Column> {
+    cols.iter()
+        .map(|c| Column {
+            name: c.name().to_string(),
+            type_name: c.type_().name().to_string(),
+        })
+        .collect()
+}
+
+fn decode_rows(rows: &[Row]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+    rows.iter()
+        .map(|row| (0..row.len()).map(|i| decode(row, i)).collect())
+        .collect()
+}
+
+/// One column of one row as a contract value.
+fn decode(row: &Row, i: usize) -> Result<SqlValue, SqlError> {
+    fn get<'a, T: postgres::types::FromSql<'a>>(
+        row: &'a Row,
+        i: usize,
+    ) -> Result<Option<T>, SqlError> {
+        row.try_get(i).map_err(convert)
+    }
+    let ty = row.columns()[i].type_();
+    let value = match *ty {
+        Type::BOOL => get::<bool>(row, i)?.map(SqlValue::Bool),
+        Type::INT2 => get::<i16>(row, i)?.map(|v| SqlValue::Int(v.into())),
+        Type::INT4 => get::<i32>(row, i)?.map(|v| SqlValue::Int(v.into())),
+        Type::INT8 => get::<i64>(row, i)?.map(SqlValue::Int),
+        Type::OID => get::<u32>(row, i)?.map(|v| SqlValue::Int(v.into())),
+        Type::FLOAT4 => get::<f32>(row, i)?.map(|v| SqlValue::Float(v.into())),
+        Type::FLOAT8 => get::<f64>(row, i)?.map(SqlValue::Float),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+            get::<String>(row, i)?.map(SqlValue::Text)
+        }
+        Type::BYTEA => get::<Vec<u8>>(row, i)?.map(SqlValue::Bytes),
+        Type::JSON | Type::JSONB => {
+            get::<serde_json::Value>(row, i)?.map(|v| SqlValue::Json(v.to_string()))
+        }
+        Type::TIMESTAMP => get::<chrono::NaiveDateTime>(row, i)?
+            .map(|t| SqlValue::Timestamp(t.and_utc().timestamp_micros())),
+        Type::TIMESTAMPTZ => get::<chrono::DateTime<chrono::Utc>>(row, i)?
+            .map(|t| SqlValue::Timestamp(t.timestamp_micros())),
+        _ => {
+            let name = row.columns()[i].name();
+            return Err(SqlError::InvalidArgument(format!(
+                "column '{name}' has type {ty}, which the contract does not carry: cast it in SQL (e.g. {name}::text)"
+            )));
+        }
+    };
+    Ok(value.unwrap_or(SqlValue::Null))
+}
+
+/// A contract value as a parameter of whatever type the server inferred for it.
+#[derive(Debug)]
+struct Param<'a>(&'a SqlValue);
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        match (self.0, ty) {
+            (SqlValue::Null, _) => Ok(IsNull::Yes),
+            (SqlValue::Bool(b), _) => b.to_sql_checked(ty, out),
+            (SqlValue::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql_checked(ty, out),
+            (SqlValue::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql_checked(ty, out),
+            (SqlValue::Int(i), &Type::OID) => u32::try_from(*i)?.to_sql_checked(ty, out),
+            (SqlValue::Int(i), &Type::FLOAT8) => (*i as f64).to_sql_checked(ty, out),
+            (SqlValue::Int(i), _) => i.to_sql_checked(ty, out),
+            (SqlValue::Float(f), &Type::FLOAT4) => (*f as f32).to_sql_checked(ty, out),
+            (SqlValue::Float(f), _) => f.to_sql_checked(ty, out),
+            (SqlValue::Text(s) | SqlValue::Json(s), &Type::JSONB) => {
+                out.put_u8(1); // jsonb's binary format version
+                out.put_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+            (SqlValue::Text(s) | SqlValue::Json(s), &Type::JSON) => {
+                out.put_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+            (SqlValue::Text(s) | SqlValue::Json(s), _) => s.as_str().to_sql_checked(ty, out),
+            (SqlValue::Bytes(b), _) => b.as_slice().to_sql_checked(ty, out),
+            (SqlValue::Timestamp(us), &Type::TIMESTAMP | &Type::TIMESTAMPTZ) => {
+                out.put_i64(us - PG_EPOCH_MICROS);
+                Ok(IsNull::No)
+            }
+            (SqlValue::Timestamp(_), _) => {
+                Err(format!("a timestamp cannot be a parameter of type {ty}").into())
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Checked value by value in `to_sql`, which names the mismatch.
+        true
+    }
+
+    to_sql_checked!();
+}

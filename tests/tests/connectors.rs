@@ -1,0 +1,532 @@
+//! Connectors against the real services of this machine: Redis buckets, PostgreSQL
+//! transactions and typed values, outgoing HTTP rules; and the sandbox's refusals (a binding
+//! not granted, writes in a dry run, destinations not allowed), each logged and counted.
+//!
+//! Every test works in its own PostgreSQL schema or Redis key prefix.
+
+use plover_host::connectors::postgres::PostgresDatabase;
+use plover_host::connectors::{Connector, HttpConnection, HttpRules, KvBucket, RedisBucket};
+use plover_host::model::{ErrorKind, LogLevel};
+use plover_host::runtime::{PluginFailure, stats};
+use plover_host::testing::{HarnessError, TestHarness};
+use plover_tests::artifacts;
+use plover_tests::services::{POSTGRES_URL, REDIS_URL, RedisPrefix, Schema};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn database(schema: &Schema) -> Connector {
+    Connector::Sql(Arc::new(
+        PostgresDatabase::new(POSTGRES_URL, Some(&schema.name), 4).unwrap(),
+    ))
+}
+
+/// The connector probe with `db` granted as a SQL connection in `schema`.
+fn probe(schema: &Schema) -> TestHarness {
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector("db", database(schema));
+    h
+}
+
+fn ops_spec(h: &TestHarness, phase: &str, ops: Value) -> plover_host::model::MigrationSpec {
+    h.spec("connector-probe", json!({ "phase": phase, "ops": ops }))
+}
+
+/// Run `ops` in `execute` and return the probe's answers.
+fn execute_ops(h: &TestHarness, ops: Value) -> Vec<Value> {
+    let spec = ops_spec(h, "execute", ops);
+    let plan = h.plan(&spec).unwrap();
+    let report = h.execute(&spec, &plan.steps[0], None).unwrap();
+    serde_json::from_str(&report.summary).unwrap()
+}
+
+fn count_rows(schema: &Schema, table: &str) -> i64 {
+    schema
+        .client()
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn redis_bucket_scans_counts_expires_and_deletes_under_its_prefix() {
+    let space = RedisPrefix::new("bucket");
+    let bucket = RedisBucket::new(REDIS_URL, &space.prefix).unwrap();
+    let entries: Vec<(String, Vec<u8>)> = (0..2500)
+        .map(|i| (format!("s:{i:04}"), format!("v{i}").into_bytes()))
+        .collect();
+    bucket.set_many(&entries).unwrap();
+    bucket
+        .set_many_with_ttl(&[
+            ("t:short".into(), b"x".to_vec(), Some(60_000)),
+            ("t:forever".into(), b"y".to_vec(), None),
+        ])
+        .unwrap();
+    // Keys of another prefix in the same Redis are invisible to this bucket.
+    let other = RedisPrefix::new("other");
+    RedisBucket::new(REDIS_URL, &other.prefix)
+        .unwrap()
+        .set_many(&[("s:9999".into(), b"not mine".to_vec())])
+        .unwrap();
+
+    assert_eq!(bucket.count("s:").unwrap(), 2500);
+    assert_eq!(bucket.count("").unwrap(), 2502);
+    let mut seen = std::collections::BTreeMap::new();
+    let mut cursor = None;
+    loop {
+        let page = bucket.scan("s:", cursor.as_deref(), 300).unwrap();
+        for (k, v) in page.entries {
+            seen.insert(k, v);
+        }
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        entries,
+        "every key once, none of the other prefix"
+    );
+
+    let ttls = bucket
+        .ttl_many(&["t:short".into(), "t:forever".into(), "t:missing".into()])
+        .unwrap();
+    assert!(
+        ttls[0].is_some_and(|t| t > 50_000 && t <= 60_000),
+        "{ttls:?}"
+    );
+    assert_eq!(&ttls[1..], [None, None]);
+    assert_eq!(
+        bucket.get_many(&["s:0007".into(), "nope".into()]).unwrap(),
+        [Some(b"v7".to_vec()), None]
+    );
+    assert_eq!(
+        bucket
+            .delete_many(&["s:0001".into(), "nope".into()])
+            .unwrap(),
+        1
+    );
+    assert_eq!(bucket.count("s:").unwrap(), 2499);
+    assert_eq!(
+        space.keys().len(),
+        2501,
+        "the bucket wrote under its prefix only"
+    );
+}
+
+#[test]
+fn sql_values_round_trip_typed_and_queries_page() {
+    let schema = Schema::new("types");
+    let h = probe(&schema);
+    let answers = execute_ops(
+        &h,
+        json!([
+            { "op": "sql-query", "binding": "db",
+              "statement": "SELECT $1::bool, $2::int2, $3::int4, $4::int8, $5::float8, $6::text, $7::bytea, $8::jsonb, $9::timestamptz, $10::text",
+              "params": [
+                { "t": "bool", "v": true }, { "t": "int", "v": -7 }, { "t": "int", "v": 70000 },
+                { "t": "int", "v": 9007199254740993i64 }, { "t": "float", "v": 2.5 },
+                { "t": "text", "v": "héllo" }, { "t": "bytes", "v": [0, 255, 10] },
+                { "t": "json", "v": "{\"a\":[1,2]}" }, { "t": "timestamp", "v": 1700000000123456i64 },
+                { "t": "null" }
+              ] },
+            { "op": "sql-query", "binding": "db",
+              "statement": "SELECT g FROM generate_series(1, 2500) g", "page_size": 1000 },
+            { "op": "sql-execute", "binding": "db", "statement": "SELECT $1::int2", "params": [{ "t": "int", "v": 70000 }] },
+            { "op": "sql-query", "binding": "db", "statement": "SELECT 1.5::numeric AS amount" },
+        ]),
+    );
+    let row = &answers[0]["ok"]["rows"][0];
+    assert_eq!(
+        row,
+        &json!([
+            { "t": "bool", "v": true }, { "t": "int", "v": -7 }, { "t": "int", "v": 70000 },
+            { "t": "int", "v": 9007199254740993i64 }, { "t": "float", "v": 2.5 },
+            { "t": "text", "v": "héllo" }, { "t": "bytes", "v": [0, 255, 10] },
+            { "t": "json", "v": "{\"a\":[1,2]}" }, { "t": "timestamp", "v": 1700000000123456i64 },
+            { "t": "null" }
+        ]),
+        "{answers:?}"
+    );
+    let pages = &answers[1]["ok"];
+    assert_eq!(pages["pages"], 3, "2500 rows in pages of 1000");
+    assert_eq!(pages["rows"].as_array().unwrap().len(), 2500);
+    assert_eq!(pages["rows"][2499][0], json!({ "t": "int", "v": 2500 }));
+    let out_of_range = answers[2]["err"].as_str().unwrap();
+    assert!(out_of_range.contains("InvalidArgument"), "{out_of_range}");
+    let uncarried = answers[3]["err"].as_str().unwrap();
+    assert!(
+        uncarried.contains("numeric") && uncarried.contains("::text"),
+        "{uncarried}"
+    );
+}
+
+#[test]
+fn sql_database_errors_reach_the_plugin_as_data_and_abort_the_calls_transaction() {
+    let schema = Schema::new("dberr");
+    schema
+        .client()
+        .batch_execute("CREATE TABLE t (v int)")
+        .unwrap();
+    let h = probe(&schema);
+    let ops = json!([
+        { "op": "sql-execute", "binding": "db", "statement": "INSERT INTO t VALUES (1)" },
+        { "op": "sql-query", "binding": "db", "statement": "SELECT 1/0" },
+        { "op": "sql-execute", "binding": "db", "statement": "SELECT 1" },
+    ]);
+    // The handler sees the error as data and can report it (here, by failing with it).
+    let mut spec = ops_spec(&h, "execute", ops.clone());
+    spec.parameters["fail_after"] = json!(true);
+    let plan = h.plan(&spec).unwrap();
+    let Err(HarnessError::Handler(e)) = h.execute(&spec, &plan.steps[0], None) else {
+        panic!("the probe fails with its answers")
+    };
+    let answers: Vec<Value> = serde_json::from_str(&e.message).unwrap();
+    let err = answers[1]["err"].as_str().unwrap();
+    assert!(err.contains("Database") && err.contains("22012"), "{err}");
+    let aborted = answers[2]["err"].as_str().unwrap();
+    assert!(
+        aborted.contains("25P02"),
+        "the transaction is aborted after an error: {aborted}"
+    );
+
+    // Returning success after that cannot commit anything: the call fails and says why.
+    let spec = ops_spec(&h, "execute", ops);
+    let Err(HarnessError::Plugin(e)) = h.execute(&spec, &plan.steps[0], None) else {
+        panic!("success over an aborted transaction must fail the call")
+    };
+    assert!(
+        matches!(&e.cause, PluginFailure::Connector { message } if message.contains("nothing was committed")),
+        "{e}"
+    );
+    assert_eq!(count_rows(&schema, "t"), 0);
+}
+
+#[test]
+fn sql_transaction_commits_on_success_rolls_back_on_error_and_checkpoints_commit() {
+    let schema = Schema::new("txn");
+    schema
+        .client()
+        .batch_execute("CREATE TABLE t (v int)")
+        .unwrap();
+    let h = probe(&schema);
+    let insert = |v: i64| json!({ "op": "sql-execute", "binding": "db", "statement": "INSERT INTO t VALUES ($1)", "params": [{ "t": "int", "v": v }] });
+
+    execute_ops(&h, json!([insert(1)]));
+    assert_eq!(count_rows(&schema, "t"), 1, "a successful call commits");
+
+    let mut spec = ops_spec(&h, "execute", json!([insert(2)]));
+    spec.parameters["fail_after"] = json!(true);
+    let plan = h.plan(&spec).unwrap();
+    let err = h.execute(&spec, &plan.steps[0], None).unwrap_err();
+    assert!(matches!(err, HarnessError::Handler(_)), "{err:?}");
+    assert_eq!(count_rows(&schema, "t"), 1, "a failed call rolls back");
+
+    // A checkpoint commits what came before it, even if the call then fails.
+    let mut spec = ops_spec(
+        &h,
+        "execute",
+        json!([insert(3), { "op": "checkpoint" }, insert(4)]),
+    );
+    spec.parameters["fail_after"] = json!(true);
+    h.execute(&spec, &plan.steps[0], None).unwrap_err();
+    let values: Vec<i32> = schema
+        .client()
+        .query("SELECT v FROM t ORDER BY v", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(values, [1, 3]);
+}
+
+#[test]
+fn sql_writes_scripts_and_transaction_escapes_are_refused_during_validate() {
+    let schema = Schema::new("dryrun");
+    schema
+        .client()
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let h = probe(&schema);
+    let attempts = [
+        json!({ "op": "sql-execute", "binding": "db", "statement": "INSERT INTO t VALUES (2)" }),
+        json!({ "op": "sql-execute", "binding": "db", "statement": "DELETE FROM t" }),
+        json!({ "op": "sql-batch", "binding": "db", "script": "DELETE FROM t" }),
+        json!({ "op": "sql-execute", "binding": "db", "statement": "/* escape */ COMMIT" }),
+        json!({ "op": "sql-execute", "binding": "db", "statement": "SET TRANSACTION READ WRITE" }),
+        json!({ "op": "sql-execute", "binding": "db", "statement": "set default_transaction_read_only = off" }),
+    ];
+    for attempt in attempts {
+        let before = stats::refusals("sql", "read-only");
+        let spec = ops_spec(
+            &h,
+            "validate",
+            json!([attempt.clone(), { "op": "sql-execute", "binding": "db", "statement": "DELETE FROM t" }]),
+        );
+        let plan = h.plan(&spec).unwrap();
+        let err = h.validate(&spec, &plan).unwrap_err();
+        let HarnessError::Plugin(e) = &err else {
+            panic!("{attempt}: expected the sandbox to fail the call, got {err:?}")
+        };
+        assert!(
+            matches!(e.cause, PluginFailure::WriteDenied { .. }),
+            "{attempt}: {e}"
+        );
+        assert_eq!(count_rows(&schema, "t"), 1, "{attempt}: nothing changed");
+        assert!(
+            stats::refusals("sql", "read-only") > before,
+            "{attempt}: counted"
+        );
+    }
+    let logged = h.events.logs.lock().unwrap().clone();
+    assert!(
+        logged
+            .iter()
+            .any(|(level, line)| *level == LogLevel::Warning
+                && line.starts_with("host refused (sql)")),
+        "{logged:?}"
+    );
+}
+
+#[test]
+fn sql_transaction_control_is_refused_in_execute_too() {
+    let schema = Schema::new("control");
+    let h = probe(&schema);
+    let answers = execute_ops(
+        &h,
+        json!([
+            { "op": "sql-execute", "binding": "db", "statement": "COMMIT" },
+            { "op": "sql-execute", "binding": "db", "statement": "begin" },
+            { "op": "sql-execute", "binding": "db", "statement": "SELECT 1" },
+        ]),
+    );
+    for refused in &answers[..2] {
+        let e = refused["err"].as_str().unwrap();
+        assert!(
+            e.contains("InvalidArgument") && e.contains("the host's"),
+            "{e}"
+        );
+    }
+    assert_eq!(answers[2]["ok"], 1, "the call goes on");
+}
+
+#[test]
+fn bindings_not_granted_or_of_another_kind_fail_the_plan_clearly() {
+    let schema = Schema::new("grants");
+    let mut h = probe(&schema);
+    h.bucket("cache");
+    let before = stats::refusals("sql", "not-granted");
+    for (ops, expected) in [
+        (
+            json!([{ "op": "sql-execute", "binding": "warehouse", "statement": "SELECT 1" }]),
+            "no SQL connection is granted as 'warehouse'",
+        ),
+        (
+            json!([{ "op": "sql-execute", "binding": "cache", "statement": "SELECT 1" }]),
+            "'cache' is granted as a key-value connection, not a SQL one",
+        ),
+        (
+            json!([{ "op": "kv-get", "binding": "db", "key": "k" }]),
+            "'db' is granted as a SQL connection, not a key-value one",
+        ),
+        (
+            json!([{ "op": "http", "binding": "partner", "method": "GET", "url": "http://api.example.com/" }]),
+            "no HTTP connection is granted as 'partner'",
+        ),
+    ] {
+        let spec = ops_spec(&h, "plan", ops);
+        let plan = h.plan(&spec).unwrap();
+        let answer = &plan.risk_notes[0];
+        assert!(
+            answer.contains("NotGranted") && answer.contains(expected),
+            "{answer}"
+        );
+    }
+    assert!(stats::refusals("sql", "not-granted") >= before + 2);
+
+    // A real handler turns it into a plan error that names the binding.
+    let mut h = TestHarness::load(artifacts::SQL_SCHEMA).unwrap();
+    h.bucket("db");
+    let spec = h.spec("sql-schema", json!({ "migrations": [] }));
+    let Err(HarnessError::Handler(e)) = h.plan(&spec) else {
+        panic!("the plan must fail")
+    };
+    assert_eq!(e.kind, ErrorKind::InvalidSpec);
+    assert!(
+        e.message
+            .contains("'db' is granted as a key-value connection"),
+        "{}",
+        e.message
+    );
+}
+
+/// A loopback HTTP server for the tests: `/ok` answers `hello`; `/to-ok` redirects to `/ok`;
+/// `/away` redirects to a host no connection allows; `/big` answers 64 KiB. Counts requests.
+fn http_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap_or(0);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let (status, extra, body) = match path.as_str() {
+                "/ok" => ("200 OK", String::new(), b"hello".to_vec()),
+                "/to-ok" => ("302 Found", "Location: /ok\r\n".into(), vec![]),
+                "/away" => (
+                    "302 Found",
+                    "Location: http://blocked.example/steal\r\n".into(),
+                    vec![],
+                ),
+                "/big" => ("200 OK", String::new(), vec![b'x'; 64 * 1024]),
+                _ => ("404 Not Found", String::new(), vec![]),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (base, hits)
+}
+
+fn http_connection(base: &str, allow_private: bool) -> Connector {
+    Connector::Http(Arc::new(
+        HttpConnection::new(HttpRules {
+            allow: vec![base.to_string(), "http://api.example.com".into()],
+            allow_private,
+            timeout_ms: 5_000,
+            max_response_bytes: 16 * 1024,
+            max_redirects: 3,
+        })
+        .unwrap(),
+    ))
+}
+
+#[test]
+fn http_allow_list_loopback_and_redirects_are_enforced_before_connecting() {
+    let (base, hits) = http_server();
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector("local", http_connection(&base, true));
+    h.grant_connector("strict", http_connection(&base, false));
+    let get = |binding: &str, url: String| json!({ "op": "http", "binding": binding, "method": "GET", "url": url });
+    let denied_before = stats::refusals("http", "denied");
+
+    let answers = execute_ops(
+        &h,
+        json!([
+            get("local", format!("{base}/ok")),
+            get("local", format!("{base}/to-ok")),
+            get("local", format!("{base}/away")),
+            get("local", "http://not-allowed.example/".into()),
+            get("local", "http://169.254.169.254/latest/meta-data".into()),
+            get("local", format!("{base}/big")),
+        ]),
+    );
+    assert_eq!(answers[0]["ok"], json!({ "status": 200, "body": "hello" }));
+    assert_eq!(
+        answers[1]["ok"],
+        json!({ "status": 200, "body": "hello" }),
+        "an allowed redirect is followed"
+    );
+    let away = answers[2]["err"].as_str().unwrap();
+    assert!(
+        away.contains("Denied") && away.contains("blocked.example"),
+        "{away}"
+    );
+    assert!(answers[3]["err"].as_str().unwrap().contains("Denied"));
+    assert!(
+        answers[4]["err"].as_str().unwrap().contains("Denied"),
+        "{}",
+        answers[4]
+    );
+    assert!(answers[5]["err"].as_str().unwrap().contains("TooLarge"));
+    // /ok, /to-ok + /ok, /away and /big reached the server; nothing else was sent anywhere.
+    assert_eq!(hits.load(Ordering::SeqCst), 5);
+
+    // Without allow_private, loopback is refused before any connection.
+    let answers = execute_ops(&h, json!([get("strict", format!("{base}/ok"))]));
+    let e = answers[0]["err"].as_str().unwrap();
+    assert!(e.contains("Denied") && e.contains("127.0.0.1"), "{e}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        5,
+        "the strict connection sent nothing"
+    );
+    assert!(stats::refusals("http", "denied") >= denied_before + 4);
+    let logged = h.events.log_lines();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.starts_with("host refused (http)") && l.contains("/away")),
+        "{logged:?}"
+    );
+
+    // During validate only GET and HEAD go out; a POST fails the dry run unsent.
+    let spec = ops_spec(
+        &h,
+        "validate",
+        json!([{ "op": "http", "binding": "local", "method": "POST", "url": format!("{base}/ok"), "body": "x" }]),
+    );
+    let plan = h.plan(&spec).unwrap();
+    let err = h.validate(&spec, &plan).unwrap_err();
+    assert!(
+        matches!(&err, HarnessError::Plugin(e) if matches!(e.cause, PluginFailure::WriteDenied { .. })),
+        "{err:?}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn kv_writes_on_redis_are_refused_during_validate() {
+    let space = RedisPrefix::new("kvdry");
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant(
+        "cache",
+        Arc::new(RedisBucket::new(REDIS_URL, &space.prefix).unwrap()),
+    );
+    let spec = ops_spec(
+        &h,
+        "validate",
+        json!([{ "op": "kv-set", "binding": "cache", "key": "k", "value": "v" }]),
+    );
+    let plan = h.plan(&spec).unwrap();
+    let err = h.validate(&spec, &plan).unwrap_err();
+    assert!(
+        matches!(&err, HarnessError::Plugin(e) if matches!(e.cause, PluginFailure::WriteDenied { .. })),
+        "{err:?}"
+    );
+    assert!(space.keys().is_empty(), "nothing was written");
+    let answers = execute_ops(
+        &h,
+        json!([{ "op": "kv-set", "binding": "cache", "key": "k", "value": "v" }]),
+    );
+    assert_eq!(answers[0]["ok"], "ok");
+    assert_eq!(space.keys(), ["k"]);
+}
