@@ -11,15 +11,21 @@ use std::time::{Duration, Instant};
 pub const ADMIN: &str = "test-admin-token";
 pub const WAIT: Duration = Duration::from_secs(120);
 
+/// The plugins every test server loads at start-up.
+pub const BUNDLED: [&str; 7] = [
+    artifacts::KV_COPY,
+    artifacts::CONFIG_UPGRADE,
+    artifacts::STEPPER,
+    artifacts::MISBEHAVE,
+    artifacts::SESSION_MOVE,
+    artifacts::SQL_SCHEMA,
+    artifacts::CONNECTOR_PROBE,
+];
+
 /// A directory holding the plugins a test server loads at start-up.
 pub fn plugin_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for path in [
-        artifacts::KV_COPY,
-        artifacts::CONFIG_UPGRADE,
-        artifacts::STEPPER,
-        artifacts::MISBEHAVE,
-    ] {
+    for path in BUNDLED {
         let name = Path::new(path).file_name().unwrap();
         std::fs::copy(path, dir.path().join(name)).unwrap();
     }
@@ -131,6 +137,16 @@ impl Server {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
     }
 
     /// A migration's snapshot.

@@ -4,4 +4,5 @@
 mod api;
 mod cli;
 mod common;
+mod connectors;
 mod kill;
