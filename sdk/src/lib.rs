@@ -128,7 +128,7 @@ pub mod prelude {
         PlanStep, PluginInfo, RiskLevel, ScanPage, Severity, SpecExt, SqlConnection, SqlError,
         SqlExt, SqlValue, StepKind, StepReport, ValidationLevel, ValidationReport, debug, error,
         http_send, info, is_cancelled, load_checkpoint, log, progress, record_object,
-        record_objects, save_checkpoint, warn,
+        record_objects, save_checkpoint, sql_identifier, warn,
     };
 }
 
@@ -340,6 +340,30 @@ impl From<HttpError> for MigrationError {
             }
         }
     }
+}
+
+/// `name` (a lower-case identifier, optionally schema-qualified: `app.sessions`) quoted for
+/// SQL, or an `invalid-spec` error naming `what`. Parameters cannot be identifiers, so a
+/// handler that takes table names from its spec checks them with this before using them.
+pub fn sql_identifier(what: &str, name: &str) -> Result<String, MigrationError> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| valid(p)) {
+        return Err(MigrationError::invalid_spec(format!(
+            "{what} '{name}' must be a lower-case identifier, optionally schema-qualified"
+        )));
+    }
+    Ok(parts
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join("."))
 }
 
 /// Conveniences on a [`SqlConnection`].

@@ -10,14 +10,11 @@
 //! migrations). Needs `sqlx` (sqlx-cli) on PATH or in ~/.cargo/bin for the second comparison:
 //! `cargo install sqlx-cli --locked --no-default-features --features postgres`.
 
-use plover_host::connectors::postgres::PostgresDatabase;
-use plover_host::connectors::{Connector, RedisBucket};
 use plover_host::testing::TestHarness;
 use plover_tests::artifacts;
-use plover_tests::services::{POSTGRES_URL, REDIS_URL, RedisPrefix, Schema, redis};
+use plover_tests::services::{RedisPrefix, Schema, redis};
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 1000;
@@ -153,12 +150,7 @@ fn migration_script(v: usize) -> String {
 fn plover_migrations(count: usize) -> Duration {
     let schema = Schema::new("benchschema");
     let mut h = TestHarness::load(artifacts::SQL_SCHEMA).unwrap();
-    h.grant_connector(
-        "db",
-        Connector::Sql(Arc::new(
-            PostgresDatabase::new(POSTGRES_URL, Some(&schema.name), 4).unwrap(),
-        )),
-    );
+    h.grant_connector("db", schema.connector());
     let migrations: Vec<_> = (1..=count)
         .map(|v| json!({ "version": v, "name": format!("table {v}"), "up": migration_script(v) }))
         .collect();
@@ -226,16 +218,8 @@ fn main() {
     let schema = Schema::new("benchmove");
     seed(&space, sessions);
     let mut h = TestHarness::load(artifacts::SESSION_MOVE).unwrap();
-    h.grant(
-        "source",
-        Arc::new(RedisBucket::new(REDIS_URL, &space.prefix).unwrap()),
-    );
-    h.grant_connector(
-        "target",
-        Connector::Sql(Arc::new(
-            PostgresDatabase::new(POSTGRES_URL, Some(&schema.name), 4).unwrap(),
-        )),
-    );
+    h.grant("source", space.bucket());
+    h.grant_connector("target", schema.connector());
     let (mut plugin, mut native) = (vec![], vec![]);
     for _ in 0..rounds {
         plugin.push(plugin_copy(&h, &schema));

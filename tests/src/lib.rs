@@ -11,6 +11,9 @@ pub mod artifacts {
 /// The machine's real PostgreSQL (127.0.0.1:5432, trust auth, database `test`) and Redis
 /// (127.0.0.1:6379), each test in its own schema or key prefix so runs never collide.
 pub mod services {
+    use plover_host::connectors::postgres::PostgresDatabase;
+    use plover_host::connectors::{Connector, RedisBucket};
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     pub const POSTGRES_URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
@@ -55,6 +58,13 @@ pub mod services {
             Schema { name }
         }
 
+        /// The host's SQL connector for this schema, as a job would be granted it.
+        pub fn connector(&self) -> Connector {
+            Connector::Sql(Arc::new(
+                PostgresDatabase::new(POSTGRES_URL, Some(&self.name), 4).unwrap(),
+            ))
+        }
+
         /// A client whose search path is this schema.
         pub fn client(&self) -> postgres::Client {
             let mut c = postgres();
@@ -82,6 +92,11 @@ pub mod services {
             RedisPrefix {
                 prefix: format!("{}:", unique(tag)),
             }
+        }
+
+        /// The host's Redis bucket over this prefix.
+        pub fn bucket(&self) -> Arc<RedisBucket> {
+            Arc::new(RedisBucket::new(REDIS_URL, &self.prefix).unwrap())
         }
 
         /// Every key under the prefix (without it), sorted.

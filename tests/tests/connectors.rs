@@ -4,29 +4,22 @@
 //!
 //! Every test works in its own PostgreSQL schema or Redis key prefix.
 
-use plover_host::connectors::postgres::PostgresDatabase;
-use plover_host::connectors::{Connector, HttpConnection, HttpRules, KvBucket, RedisBucket};
+use plover_host::connectors::{Connector, HttpConnection, HttpRules, KvBucket};
 use plover_host::model::{ErrorKind, LogLevel};
 use plover_host::runtime::{PluginFailure, stats};
 use plover_host::testing::{HarnessError, TestHarness};
 use plover_tests::artifacts;
-use plover_tests::services::{POSTGRES_URL, REDIS_URL, RedisPrefix, Schema};
+use plover_tests::services::{RedisPrefix, Schema};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-fn database(schema: &Schema) -> Connector {
-    Connector::Sql(Arc::new(
-        PostgresDatabase::new(POSTGRES_URL, Some(&schema.name), 4).unwrap(),
-    ))
-}
-
 /// The connector probe with `db` granted as a SQL connection in `schema`.
 fn probe(schema: &Schema) -> TestHarness {
     let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
-    h.grant_connector("db", database(schema));
+    h.grant_connector("db", schema.connector());
     h
 }
 
@@ -53,7 +46,7 @@ fn count_rows(schema: &Schema, table: &str) -> i64 {
 #[test]
 fn redis_bucket_scans_counts_expires_and_deletes_under_its_prefix() {
     let space = RedisPrefix::new("bucket");
-    let bucket = RedisBucket::new(REDIS_URL, &space.prefix).unwrap();
+    let bucket = space.bucket();
     let entries: Vec<(String, Vec<u8>)> = (0..2500)
         .map(|i| (format!("s:{i:04}"), format!("v{i}").into_bytes()))
         .collect();
@@ -66,8 +59,8 @@ fn redis_bucket_scans_counts_expires_and_deletes_under_its_prefix() {
         .unwrap();
     // Keys of another prefix in the same Redis are invisible to this bucket.
     let other = RedisPrefix::new("other");
-    RedisBucket::new(REDIS_URL, &other.prefix)
-        .unwrap()
+    other
+        .bucket()
         .set_many(&[("s:9999".into(), b"not mine".to_vec())])
         .unwrap();
 
@@ -507,10 +500,7 @@ fn http_allow_list_loopback_and_redirects_are_enforced_before_connecting() {
 fn kv_writes_on_redis_are_refused_during_validate() {
     let space = RedisPrefix::new("kvdry");
     let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
-    h.grant(
-        "cache",
-        Arc::new(RedisBucket::new(REDIS_URL, &space.prefix).unwrap()),
-    );
+    h.grant("cache", space.bucket());
     let spec = ops_spec(
         &h,
         "validate",

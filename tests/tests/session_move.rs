@@ -2,15 +2,13 @@
 //! Redis into the real PostgreSQL: full lifecycle, conflicts, schema checks, a copy killed
 //! mid-batch and resumed, and 100,000 sessions in one job.
 
-use plover_host::connectors::postgres::PostgresDatabase;
-use plover_host::connectors::{Connector, RedisBucket};
 use plover_host::model::{
     LogLevel, MigrationSpec, ObjectResult, ObjectStatus, Severity, ValidationLevel,
 };
 use plover_host::runtime::{ForceStop, JobEvents, PluginFailure};
 use plover_host::testing::{RecordingEvents, TestHarness};
 use plover_tests::artifacts;
-use plover_tests::services::{POSTGRES_URL, REDIS_URL, RedisPrefix, Schema, redis};
+use plover_tests::services::{RedisPrefix, Schema, redis};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,16 +53,8 @@ fn setup(tag: &str, n: usize) -> Setup {
             .unwrap();
     }
     let mut h = TestHarness::load(artifacts::SESSION_MOVE).unwrap();
-    h.grant(
-        "source",
-        Arc::new(RedisBucket::new(REDIS_URL, &space.prefix).unwrap()),
-    );
-    h.grant_connector(
-        "target",
-        Connector::Sql(Arc::new(
-            PostgresDatabase::new(POSTGRES_URL, Some(&schema.name), 4).unwrap(),
-        )),
-    );
+    h.grant("source", space.bucket());
+    h.grant_connector("target", schema.connector());
     Setup {
         h,
         schema,

@@ -3,23 +3,15 @@
 //! detection, a failing migration leaving nothing behind, and concurrent runs applying each
 //! migration exactly once.
 
-use plover_host::connectors::Connector;
-use plover_host::connectors::postgres::PostgresDatabase;
 use plover_host::model::{ErrorKind, MigrationSpec, ObjectStatus, Severity};
 use plover_host::testing::{HarnessError, TestHarness};
 use plover_tests::artifacts;
-use plover_tests::services::{POSTGRES_URL, Schema};
+use plover_tests::services::Schema;
 use serde_json::{Value, json};
-use std::sync::Arc;
 
 fn harness(schema: &Schema) -> TestHarness {
     let mut h = TestHarness::load(artifacts::SQL_SCHEMA).unwrap();
-    h.grant_connector(
-        "db",
-        Connector::Sql(Arc::new(
-            PostgresDatabase::new(POSTGRES_URL, Some(&schema.name), 4).unwrap(),
-        )),
-    );
+    h.grant_connector("db", schema.connector());
     h
 }
 

@@ -30,6 +30,9 @@ struct Params {
     table: String,
     /// How many sessions `verify` compares byte for byte.
     sample: u32,
+    /// `table`, checked and quoted (filled in by `parse`).
+    #[serde(skip)]
+    table_sql: String,
 }
 
 impl Default for Params {
@@ -38,37 +41,21 @@ impl Default for Params {
             prefix: String::new(),
             table: "sessions".into(),
             sample: 100,
+            table_sql: String::new(),
         }
     }
 }
 
 impl Params {
     fn parse(spec: &MigrationSpec) -> Result<Params, MigrationError> {
-        let p: Params = spec.params()?;
-        let valid_part = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 63
-                && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
-        let parts: Vec<&str> = p.table.split('.').collect();
-        if parts.len() > 2 || !parts.iter().all(|s| valid_part(s)) {
-            return Err(MigrationError::invalid_spec(format!(
-                "table '{}' must be a lower-case identifier, optionally schema-qualified",
-                p.table
-            )));
-        }
+        let mut p: Params = spec.params()?;
+        p.table_sql = sql_identifier("table", &p.table)?;
         Ok(p)
     }
 
-    /// The table as SQL, each part quoted.
-    fn table_sql(&self) -> String {
-        self.table
-            .split('.')
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(".")
+    /// The table as SQL, quoted.
+    fn table_sql(&self) -> &str {
+        &self.table_sql
     }
 }
 

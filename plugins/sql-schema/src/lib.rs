@@ -48,6 +48,9 @@ struct Params {
     migrations: Vec<Migration>,
     #[serde(default = "default_history_table")]
     history_table: String,
+    /// `history_table`, checked and quoted (filled in by `parse`).
+    #[serde(skip)]
+    history_sql: String,
 }
 
 fn default_history_table() -> String {
@@ -57,19 +60,7 @@ fn default_history_table() -> String {
 impl Params {
     fn parse(spec: &MigrationSpec) -> Result<Params, MigrationError> {
         let mut p: Params = spec.params()?;
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 63
-                && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
-        if !p.history_table.split('.').all(valid) || p.history_table.split('.').count() > 2 {
-            return Err(MigrationError::invalid_spec(format!(
-                "history_table '{}' must be a lower-case identifier, optionally schema-qualified",
-                p.history_table
-            )));
-        }
+        p.history_sql = sql_identifier("history_table", &p.history_table)?;
         p.migrations.sort_by_key(|m| m.version);
         if let Some(w) = p
             .migrations
@@ -90,12 +81,8 @@ impl Params {
         Ok(p)
     }
 
-    fn history_sql(&self) -> String {
-        self.history_table
-            .split('.')
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(".")
+    fn history_sql(&self) -> &str {
+        &self.history_sql
     }
 
     fn migration(&self, step: &PlanStep) -> Result<&Migration, MigrationError> {
