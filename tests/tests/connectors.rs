@@ -520,3 +520,52 @@ fn kv_writes_on_redis_are_refused_during_validate() {
     assert_eq!(answers[0]["ok"], "ok");
     assert_eq!(space.keys(), ["k"]);
 }
+
+#[test]
+fn a_force_stop_cancels_the_sql_statement_the_call_is_waiting_on() {
+    let schema = Schema::new("sqlstop");
+    let h = probe(&schema);
+    let spec = ops_spec(
+        &h,
+        "execute",
+        json!([{ "op": "sql-execute", "binding": "db", "statement": "SELECT pg_sleep(600)" }]),
+    );
+    let plan = h.plan(&spec).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = done.send(h.execute(&spec, &plan.steps[0], None));
+        });
+        // Wait until the statement runs on the server, then stop the call by force.
+        let started = std::time::Instant::now();
+        while sleeping(&schema) == 0 {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "the statement never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        h.force_stop.trigger();
+        // Epoch interruption cannot reach a thread waiting on the server: only the cancel
+        // request ends the ten-minute statement. A minute is a bound for a hang, not a goal.
+        let outcome = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the force stop did not end the statement");
+        let Err(HarnessError::Plugin(e)) = outcome else {
+            panic!("expected a force stop, got {outcome:?}")
+        };
+        assert_eq!(e.cause, PluginFailure::ForceStopped, "{e}");
+    });
+    assert_eq!(sleeping(&schema), 0);
+}
+
+fn sleeping(schema: &Schema) -> i64 {
+    schema
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'plover' AND state = 'active' AND query = 'SELECT pg_sleep(600)'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}

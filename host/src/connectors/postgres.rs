@@ -4,17 +4,22 @@
 //! Every connection the pool opens asks the server to check every second whether its client
 //! is still there (`client_connection_check_interval`), so the transaction (and any advisory
 //! lock) of a host that was killed mid-statement ends within a second instead of when the
-//! statement would have finished.
+//! statement would have finished. Within a living host, a statement ends at the call's
+//! deadline (`statement_timeout`) or, when the call is stopped by force, by a cancel request
+//! from [`watch_force_stops`]: epoch interruption cannot reach a thread waiting on the server.
 
 use super::sql::{
-    Column, MAX_PAGE_ROWS, RowPage, SqlDatabase, SqlError, SqlTransaction, SqlValue,
+    CallBounds, Column, MAX_PAGE_ROWS, RowPage, SqlDatabase, SqlError, SqlTransaction, SqlValue,
     transaction_control_keyword,
 };
+use crate::runtime::ForceStop;
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use postgres::{NoTls, Row};
+use postgres::{CancelToken, NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -54,19 +59,17 @@ impl PostgresDatabase {
 }
 
 impl SqlDatabase for PostgresDatabase {
-    fn begin(
-        &self,
-        read_only: bool,
-        deadline: Instant,
-    ) -> Result<Box<dyn SqlTransaction>, SqlError> {
+    fn begin(&self, bounds: CallBounds) -> Result<Box<dyn SqlTransaction>, SqlError> {
         let conn = self
             .pool
             .get()
             .map_err(|e| SqlError::Unavailable(e.to_string()))?;
         let mut tx = PgTransaction {
+            cancel: conn.cancel_token(),
             conn: Some(conn),
-            read_only,
-            deadline,
+            read_only: bounds.read_only,
+            deadline: bounds.deadline,
+            force_stop: bounds.force_stop,
             next_cursor: 0,
             cursors: BTreeMap::new(),
             buffered: BTreeMap::new(),
@@ -80,8 +83,10 @@ impl SqlDatabase for PostgresDatabase {
 struct PgTransaction {
     /// `None` once finished.
     conn: Option<Pooled>,
+    cancel: CancelToken,
     read_only: bool,
     deadline: Instant,
+    force_stop: ForceStop,
     next_cursor: u32,
     /// Server-side cursors of `query` calls still open, each with the one row fetched ahead
     /// (fetching one more than asked tells the end, so an exhausted cursor closes at once
@@ -95,10 +100,16 @@ struct PgTransaction {
 }
 
 impl PgTransaction {
-    fn conn(&mut self) -> &mut Pooled {
-        self.conn
-            .as_mut()
-            .expect("a finished transaction is never used")
+    /// The connection, for one statement: while the returned guard lives, a force stop of
+    /// the call cancels the statement.
+    fn conn(&mut self) -> Watched<'_> {
+        Watched {
+            id: watch(&self.force_stop, &self.cancel),
+            conn: self
+                .conn
+                .as_mut()
+                .expect("a finished transaction is never used"),
+        }
     }
 
     fn remaining_ms(&self) -> Result<u128, SqlError> {
@@ -150,7 +161,7 @@ impl PgTransaction {
         let ahead = self.cursors.get_mut(cursor).and_then(Option::take);
         let wanted = n + 1 - usize::from(ahead.is_some());
         let fetched = {
-            let conn = self.conn();
+            let mut conn = self.conn();
             conn.prepare(&format!("FETCH FORWARD {wanted} FROM {cursor}"))
                 .and_then(|st| {
                     conn.query(&st, &[])
@@ -214,7 +225,7 @@ impl SqlTransaction for PgTransaction {
         // Data-changing statements with RETURNING cannot be cursors: their rows (as many as
         // the statement changed) are kept here and paged out.
         let r = {
-            let conn = self.conn();
+            let mut conn = self.conn();
             conn.prepare(statement).and_then(|st| {
                 conn.query(&st, &refs)
                     .map(|rows| (columns(st.columns()), rows))
@@ -306,6 +317,82 @@ impl Drop for PgTransaction {
             let _ = conn.batch_execute("ROLLBACK");
             reset_session(&mut conn);
         }
+    }
+}
+
+/// A statement in flight that a force stop of its call must cancel.
+struct InFlight {
+    id: u64,
+    stop: ForceStop,
+    cancel: CancelToken,
+}
+
+static IN_FLIGHT: Mutex<Vec<InFlight>> = Mutex::new(Vec::new());
+
+/// Register a statement about to run; [`Watched`] deregisters it when it is done.
+fn watch(stop: &ForceStop, cancel: &CancelToken) -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static WATCHER: OnceLock<()> = OnceLock::new();
+    WATCHER.get_or_init(watch_force_stops);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    IN_FLIGHT.lock().expect("in-flight lock").push(InFlight {
+        id,
+        stop: stop.clone(),
+        cancel: cancel.clone(),
+    });
+    id
+}
+
+/// One process-wide thread: every 10 ms, send a cancel request for each statement in flight
+/// whose call was stopped by force (once; the statement then fails with `57014`).
+fn watch_force_stops() {
+    std::thread::Builder::new()
+        .name("plover-sql-cancel".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_millis(10));
+                let stopped: Vec<CancelToken> = {
+                    let mut in_flight = IN_FLIGHT.lock().expect("in-flight lock");
+                    let (stopped, running): (Vec<InFlight>, Vec<InFlight>) =
+                        std::mem::take(&mut *in_flight)
+                            .into_iter()
+                            .partition(|f| f.stop.is_triggered());
+                    *in_flight = running;
+                    stopped.into_iter().map(|f| f.cancel).collect()
+                };
+                for token in stopped {
+                    let _ = token.cancel_query(NoTls);
+                }
+            }
+        })
+        .expect("spawning the SQL cancel watcher");
+}
+
+/// A connection lent for one statement, watched for force stops.
+struct Watched<'a> {
+    id: u64,
+    conn: &'a mut Pooled,
+}
+
+impl std::ops::Deref for Watched<'_> {
+    type Target = Pooled;
+    fn deref(&self) -> &Pooled {
+        self.conn
+    }
+}
+
+impl std::ops::DerefMut for Watched<'_> {
+    fn deref_mut(&mut self) -> &mut Pooled {
+        self.conn
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        IN_FLIGHT
+            .lock()
+            .expect("in-flight lock")
+            .retain(|f| f.id != self.id);
     }
 }
 

@@ -4,6 +4,7 @@
 //! Invariant: a transaction opened for a read-only call can change nothing, and one opened
 //! for any call ends with that call (committed only if the call succeeded).
 
+use crate::runtime::ForceStop;
 use std::time::Instant;
 
 /// A typed value, as a parameter or in a result row (see `sql-value` in the contract).
@@ -56,15 +57,21 @@ pub struct RowPage {
 /// The most rows one page may carry. Bounds host memory per call.
 pub const MAX_PAGE_ROWS: usize = 10_000;
 
+/// What bounds one call's transaction.
+#[derive(Clone)]
+pub struct CallBounds {
+    /// Refuse every write.
+    pub read_only: bool,
+    /// No statement may run past it.
+    pub deadline: Instant,
+    /// Raised when the call is stopped by force: a statement running then is cancelled.
+    pub force_stop: ForceStop,
+}
+
 /// A database a job may be granted.
 pub trait SqlDatabase: Send + Sync {
-    /// Begin the transaction of one handler call. `read_only` transactions refuse every write;
-    /// no statement may run past `deadline`.
-    fn begin(
-        &self,
-        read_only: bool,
-        deadline: Instant,
-    ) -> Result<Box<dyn SqlTransaction>, SqlError>;
+    /// Begin the transaction of one handler call.
+    fn begin(&self, bounds: CallBounds) -> Result<Box<dyn SqlTransaction>, SqlError>;
 }
 
 /// One call's transaction. Dropping it without [`SqlTransaction::finish`] rolls it back.

@@ -1,7 +1,9 @@
 //! `sql`: granted databases, one transaction per binding per call.
 
 use super::{CallState, Refusal};
-use crate::connectors::sql::{MAX_PAGE_ROWS, RowPage, SqlError, SqlTransaction, SqlValue};
+use crate::connectors::sql::{
+    CallBounds, MAX_PAGE_ROWS, RowPage, SqlError, SqlTransaction, SqlValue,
+};
 use crate::runtime::contract::v0_1::plover::migration::sql;
 use wasmtime::component::Resource;
 
@@ -127,7 +129,12 @@ impl sql::HostConnection for CallState {
             }
         };
         if !self.sql.contains_key(&binding) {
-            match db.begin(self.read_only(), self.wait_limit.deadline) {
+            let bounds = CallBounds {
+                read_only: self.read_only(),
+                deadline: self.wait_limit.deadline,
+                force_stop: self.wait_limit.force_stop.clone(),
+            };
+            match db.begin(bounds) {
                 Ok(tx) => {
                     self.sql.insert(binding.clone(), tx);
                 }
