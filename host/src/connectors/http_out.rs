@@ -390,6 +390,7 @@ mod tests {
             "http://x/path",
             "gopher://x",
             "http://x:port",
+            "https://api.example.com", // no TLS stack in this build: refused at start-up
         ] {
             assert!(
                 HttpConnection::new(HttpRules {
