@@ -417,6 +417,7 @@ fn http_connection(base: &str, allow_private: bool) -> Connector {
             timeout_ms: 5_000,
             max_response_bytes: 16 * 1024,
             max_redirects: 3,
+            ca_cert: None,
         })
         .unwrap(),
     ))
@@ -568,4 +569,98 @@ fn sleeping(schema: &Schema) -> i64 {
         )
         .unwrap()
         .get(0)
+}
+
+/// A loopback https server with a self-signed certificate for 127.0.0.1 (made here with the
+/// `openssl` command): answers `secure hello` to every request. Returns its base URL and the
+/// certificate's PEM path.
+fn https_server(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let identity = native_tls::Identity::from_pkcs8(
+        &std::fs::read(&cert).unwrap(),
+        &std::fs::read(&key).unwrap(),
+    )
+    .unwrap();
+    let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let Ok(mut tls) = acceptor.accept(stream) else {
+                continue;
+            };
+            let mut reader = BufReader::new(&mut tls);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let body = "secure hello";
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (base, cert)
+}
+
+#[test]
+fn https_origins_verify_the_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, cert) = https_server(dir.path());
+    let rules = |ca_cert: Option<std::path::PathBuf>| HttpRules {
+        allow: vec![base.clone()],
+        allow_private: true,
+        timeout_ms: 5_000,
+        max_response_bytes: 1024,
+        max_redirects: 0,
+        ca_cert,
+    };
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector(
+        "trusting",
+        Connector::Http(Arc::new(HttpConnection::new(rules(Some(cert))).unwrap())),
+    );
+    h.grant_connector(
+        "default",
+        Connector::Http(Arc::new(HttpConnection::new(rules(None)).unwrap())),
+    );
+    let get = |binding: &str| json!({ "op": "http", "binding": binding, "method": "GET", "url": format!("{base}/") });
+    let answers = execute_ops(&h, json!([get("trusting"), get("default")]));
+    assert_eq!(
+        answers[0]["ok"],
+        json!({ "status": 200, "body": "secure hello" })
+    );
+    let untrusted = answers[1]["err"].as_str().unwrap();
+    assert!(
+        untrusted.contains("Transport") && untrusted.to_lowercase().contains("certificate"),
+        "a certificate the connection does not trust is refused: {untrusted}"
+    );
 }

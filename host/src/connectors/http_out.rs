@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// What one HTTP connection allows (the `[connections.NAME]` table with `type = "http"`).
@@ -30,6 +31,10 @@ pub struct HttpRules {
     /// How many redirects are followed.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u32,
+    /// PEM file of extra root certificates to trust for https (an internal CA), besides the
+    /// system's.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -60,12 +65,8 @@ impl Origin {
             .ok_or_else(|| bad("expected scheme://host[:port]"))?;
         let default_port = match scheme {
             "http" => 80,
-            "https" => {
-                return Err(bad(
-                    "https is not supported by this build yet (no TLS stack is compiled in)",
-                ));
-            }
-            _ => return Err(bad("the scheme must be http")),
+            "https" => 443,
+            _ => return Err(bad("the scheme must be http or https")),
         };
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') || rest.contains('@') || rest.is_empty() {
@@ -143,6 +144,19 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// An error and its causes, one after the other: reqwest's own message alone does not say
+/// *why* a request failed (a refused connection, an untrusted certificate).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// An HTTP request as a plugin sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRequest {
@@ -179,6 +193,7 @@ pub enum HttpError {
 pub struct HttpConnection {
     rules: HttpRules,
     origins: Vec<Origin>,
+    roots: Vec<reqwest::Certificate>,
 }
 
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
@@ -190,7 +205,20 @@ impl HttpConnection {
             .iter()
             .map(|p| Origin::parse(p))
             .collect::<Result<_, _>>()?;
-        Ok(HttpConnection { rules, origins })
+        let roots = match &rules.ca_cert {
+            None => vec![],
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).map_err(|e| format!("ca_cert {}: {e}", path.display()))?;
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("ca_cert {}: {e}", path.display()))?
+            }
+        };
+        Ok(HttpConnection {
+            rules,
+            origins,
+            roots,
+        })
     }
 
     /// Check one hop and the addresses it would go to, before anything is sent.
@@ -261,11 +289,15 @@ impl HttpConnection {
                 return Err(HttpError::Timeout(format!("no answer from {url} in time")));
             }
             let host = url.host_str().unwrap_or_default().to_string();
-            let client = reqwest::blocking::Client::builder()
+            let mut client = reqwest::blocking::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .timeout(left)
-                .resolve_to_addrs(&host, &addrs)
+                .resolve_to_addrs(&host, &addrs);
+            for root in &self.roots {
+                client = client.add_root_certificate(root.clone());
+            }
+            let client = client
                 .build()
                 .map_err(|e| HttpError::Transport(e.to_string()))?;
             let mut builder = client.request(method.parse().expect("one of METHODS"), url.clone());
@@ -281,7 +313,7 @@ impl HttpConnection {
                 } else if e.is_builder() {
                     HttpError::InvalidArgument(e.to_string())
                 } else {
-                    HttpError::Transport(format!("{url}: {e}"))
+                    HttpError::Transport(format!("{url}: {}", with_causes(&e)))
                 }
             })?;
             let status = response.status();
@@ -354,6 +386,7 @@ mod tests {
             timeout_ms: 1000,
             max_response_bytes: 1024,
             max_redirects: 2,
+            ca_cert: None,
         })
         .unwrap()
     }
@@ -364,6 +397,18 @@ mod tests {
 
     #[test]
     fn origins_match_scheme_host_and_port_with_leading_wildcards() {
+        let tls = conn(&["https://secure.example.com"], false);
+        assert!(
+            tls.origins
+                .iter()
+                .any(|o| o.allows(&url("https://secure.example.com/x")))
+        );
+        assert!(
+            !tls.origins
+                .iter()
+                .any(|o| o.allows(&url("http://secure.example.com/x"))),
+            "https does not allow plain http"
+        );
         let c = conn(
             &["http://api.example.com", "http://*.internal.example:8080"],
             false,
@@ -390,7 +435,6 @@ mod tests {
             "http://x/path",
             "gopher://x",
             "http://x:port",
-            "https://api.example.com", // no TLS stack in this build: refused at start-up
         ] {
             assert!(
                 HttpConnection::new(HttpRules {
@@ -399,6 +443,7 @@ mod tests {
                     timeout_ms: 1,
                     max_response_bytes: 1,
                     max_redirects: 0,
+                    ca_cert: None,
                 })
                 .is_err(),
                 "{bad}"
