@@ -4,7 +4,7 @@
 //!
 //! Every test works in its own PostgreSQL schema or Redis key prefix.
 
-use plover_host::connectors::{Connector, HttpConnection, HttpRules, KvBucket};
+use plover_host::connectors::{Connector, HttpConnection, HttpRules, KvBucket, RedisBucket};
 use plover_host::model::{ErrorKind, LogLevel};
 use plover_host::runtime::{PluginFailure, stats};
 use plover_host::testing::{HarnessError, TestHarness};
@@ -663,4 +663,84 @@ fn https_origins_verify_the_server_certificate() {
         untrusted.contains("Transport") && untrusted.to_lowercase().contains("certificate"),
         "a certificate the connection does not trust is refused: {untrusted}"
     );
+}
+
+/// A loopback port nothing listens on: bound, then released (connections there are refused).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn unreachable_systems_are_errors_the_plugin_sees_not_traps() {
+    let port = closed_port();
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector(
+        "db",
+        Connector::Sql(Arc::new(
+            plover_host::connectors::postgres::PostgresDatabase::new(
+                &format!("host=127.0.0.1 port={port} user=postgres dbname=test connect_timeout=5"),
+                None,
+                1,
+            )
+            .unwrap(),
+        )),
+    );
+    h.grant(
+        "cache",
+        Arc::new(RedisBucket::new(&format!("redis://127.0.0.1:{port}/0"), "x:").unwrap()),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    h.grant_connector("api", http_connection(&base, true));
+    let answers = execute_ops(
+        &h,
+        json!([
+            { "op": "sql-execute", "binding": "db", "statement": "SELECT 1" },
+            { "op": "kv-get", "binding": "cache", "key": "k" },
+            { "op": "http", "binding": "api", "method": "GET", "url": format!("{base}/") },
+        ]),
+    );
+    assert!(
+        answers[0]["err"].as_str().unwrap().contains("Unavailable"),
+        "{}",
+        answers[0]
+    );
+    assert!(
+        answers[1]["err"].as_str().unwrap().contains("Backend"),
+        "{}",
+        answers[1]
+    );
+    assert!(
+        answers[2]["err"].as_str().unwrap().contains("Transport"),
+        "{}",
+        answers[2]
+    );
+}
+
+#[test]
+fn a_commit_that_fails_fails_the_call_at_a_checkpoint_or_at_its_end() {
+    let schema = Schema::new("commitfail");
+    // A deferred unique constraint is checked at COMMIT, so the statements succeed and the
+    // commit fails.
+    schema
+        .client()
+        .batch_execute("CREATE TABLE t (v int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+        .unwrap();
+    let h = probe(&schema);
+    let dup = json!({ "op": "sql-execute", "binding": "db", "statement": "INSERT INTO t VALUES (1), (1)" });
+    for ops in [json!([dup.clone(), { "op": "checkpoint" }]), json!([dup])] {
+        let spec = ops_spec(&h, "execute", ops.clone());
+        let plan = h.plan(&spec).unwrap();
+        let Err(HarnessError::Plugin(e)) = h.execute(&spec, &plan.steps[0], None) else {
+            panic!("{ops}: a failed commit must fail the call")
+        };
+        assert!(
+            matches!(&e.cause, PluginFailure::Connector { message } if message.contains("23505")),
+            "{ops}: {e}"
+        );
+        assert_eq!(count_rows(&schema, "t"), 0, "{ops}");
+    }
 }

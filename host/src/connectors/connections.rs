@@ -161,3 +161,56 @@ impl ConnectionProvider for HostConnections {
         self.configured.keys().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(toml_text: &str) -> HostConnections {
+        let configured: BTreeMap<String, ConnectionConfig> = toml::from_str(toml_text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        HostConnections::new(SledBuckets::new(db), configured, false)
+    }
+
+    #[test]
+    fn a_configuration_mistake_stops_the_start_naming_the_connection() {
+        for (toml_text, expected) in [
+            (
+                "[bad-db]\ntype = \"postgres\"\nurl = \"postgres://[nope\"",
+                "connection 'bad-db': postgres connection string",
+            ),
+            (
+                "[bad-cache]\ntype = \"redis\"\nurl = \"memcached://x\"",
+                "connection 'bad-cache': redis url",
+            ),
+            (
+                "[bad-api]\ntype = \"http\"\nallow = [\"ftp://files.example\"]",
+                "connection 'bad-api': allowed origin 'ftp://files.example'",
+            ),
+            (
+                "[bad-ca]\ntype = \"http\"\nallow = [\"https://x.example\"]\nca_cert = \"/nonexistent/ca.pem\"",
+                "connection 'bad-ca': ca_cert /nonexistent/ca.pem",
+            ),
+        ] {
+            let err = connections(toml_text).open_all().unwrap_err();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let good = connections(
+            "[db]\ntype = \"postgres\"\nurl = \"host=127.0.0.1 user=postgres\"\n[api]\ntype = \"http\"\nallow = [\"https://x.example\"]",
+        );
+        good.open_all()
+            .expect("valid connections open without connecting");
+        assert!(matches!(good.connect("db"), Ok(Connector::Sql(_))));
+        assert!(
+            matches!(good.connect("elsewhere"), Err(e) if e.contains("no connection named 'elsewhere'"))
+        );
+        assert!(
+            toml::from_str::<BTreeMap<String, ConnectionConfig>>(
+                "[x]\ntype = \"http\"\nallow = []\nproxy = 1"
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
+    }
+}
