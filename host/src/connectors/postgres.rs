@@ -10,7 +10,7 @@
 
 use super::sql::{
     CallBounds, Column, MAX_PAGE_ROWS, RowPage, SqlDatabase, SqlError, SqlTransaction, SqlValue,
-    transaction_control_keyword,
+    first_keyword, transaction_control_keyword,
 };
 use crate::runtime::ForceStop;
 use postgres::error::SqlState;
@@ -209,10 +209,8 @@ impl SqlTransaction for PgTransaction {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         let name = format!("plover_cursor_{}", self.next_cursor);
         self.next_cursor += 1;
-        let first = statement
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
+        let first = first_keyword(statement)
+            .unwrap_or_default()
             .to_ascii_uppercase();
         if matches!(first.as_str(), "SELECT" | "VALUES" | "TABLE") {
             // A server-side cursor: pages come from the server as asked, never all at once.

@@ -107,7 +107,7 @@ pub fn transaction_control_keyword(statement: &str, read_only: bool) -> Option<S
 }
 
 /// The first word of `statement` that is not inside a comment.
-fn first_keyword(statement: &str) -> Option<&str> {
+pub(crate) fn first_keyword(statement: &str) -> Option<&str> {
     let mut rest = statement;
     loop {
         rest = rest.trim_start();

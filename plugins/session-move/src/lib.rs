@@ -144,14 +144,15 @@ impl Handler for SessionMove {
         let db = SqlConnection::open("target")?;
         let source = Bucket::open("source")?;
         let mut findings = vec![];
-        if table_exists(&db, &params)? {
+        let exists = table_exists(&db, &params)?;
+        if exists {
             findings.extend(schema_findings(&db, &params)?);
         }
         if spec.options.validation_level == ValidationLevel::Basic || !findings.is_empty() {
             return Ok(ValidationReport { findings });
         }
         // Full: look for sessions the target already holds (they would be skipped).
-        if table_exists(&db, &params)? {
+        if exists {
             let mut cursor = None;
             let mut conflicts = 0u64;
             loop {
@@ -298,6 +299,33 @@ fn present_keys(
     Ok(SqlConnection::query_all(db, &statement, &params)?
         .into_iter()
         .filter_map(|r| r.into_iter().next()?.as_text().map(str::to_string))
+        .collect())
+}
+
+/// The data of the rows among `entries`' keys that job `job` wrote.
+fn moved_values(
+    db: &SqlConnection,
+    params: &Params,
+    job: &str,
+    entries: &[(String, Vec<u8>)],
+) -> Result<BTreeMap<String, Vec<u8>>, MigrationError> {
+    let placeholders: Vec<String> = (2..entries.len() + 2).map(|i| format!("${i}")).collect();
+    let statement = format!(
+        "SELECT session_key, data FROM {} WHERE moved_by_job = $1 AND session_key IN ({})",
+        params.table_sql(),
+        placeholders.join(", ")
+    );
+    let mut args: Vec<SqlValue> = vec![job.into()];
+    args.extend(entries.iter().map(|(k, _)| SqlValue::from(k.as_str())));
+    Ok(db
+        .query_all(&statement, &args)?
+        .into_iter()
+        .filter_map(|r| {
+            Some((
+                r.first()?.as_text()?.to_string(),
+                r.get(1)?.as_bytes()?.to_vec(),
+            ))
+        })
         .collect())
 }
 
@@ -453,25 +481,21 @@ fn verify(spec: &MigrationSpec, params: &Params) -> Result<StepReport, Migration
             }
             seen += keys.len() as u64;
         }
-        for (key, value) in page.entries.iter() {
-            if compared >= params.sample {
-                break;
-            }
-            let row = db.query_scalar(
-                &format!(
-                    "SELECT data FROM {} WHERE session_key = $1 AND moved_by_job = $2",
-                    params.table_sql()
-                ),
-                &[key.as_str().into(), spec.id.as_str().into()],
-            )?;
-            if let Some(stored) = row {
-                if stored.as_bytes() != Some(value.as_slice()) {
-                    return Err(MigrationError::data_corruption(format!(
-                        "session {key} differs between the source and {}",
-                        params.table
-                    )));
+        // The sample: this page's first sessions until `sample` are compared, in one query.
+        let wanted = (params.sample - compared) as usize;
+        let sample = &page.entries[..wanted.min(page.entries.len())];
+        if !sample.is_empty() {
+            let stored = moved_values(&db, params, &spec.id, sample)?;
+            for (key, value) in sample {
+                if let Some(data) = stored.get(key) {
+                    if data != value {
+                        return Err(MigrationError::data_corruption(format!(
+                            "session {key} differs between the source and {}",
+                            params.table
+                        )));
+                    }
+                    compared += 1;
                 }
-                compared += 1;
             }
         }
         cursor = page.next_cursor;
