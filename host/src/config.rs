@@ -25,6 +25,16 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Per-request time limit, in seconds (the SSE streams excepted).
     pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's headers before its connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// How many entries the host audit trail keeps (the oldest are dropped).
+    pub audit_retention: u64,
+    /// How many bytes each job's private state bucket may hold.
+    pub job_state_quota_bytes: u64,
+    /// Read the whole database at start-up, so damage is reported then (not by a later call).
+    pub verify_on_start: bool,
+    /// How many `plan` and `validate` calls may run at once (0: the number of cores).
+    pub max_concurrent_dry_calls: usize,
     /// Limits for every plugin.
     pub limits: SandboxLimits,
     /// Count fuel so `limits.fuel` bounds a call's work.
@@ -56,6 +66,11 @@ impl Default for Config {
             log_format: LogFormat::Text,
             max_body_bytes: 64 << 20,
             request_timeout_secs: 60,
+            header_read_timeout_secs: 10,
+            audit_retention: 100_000,
+            job_state_quota_bytes: crate::store::DEFAULT_JOB_STATE_QUOTA,
+            verify_on_start: true,
+            max_concurrent_dry_calls: 0,
             limits: SandboxLimits::default(),
             fuel_metering: false,
             defaults: JobOptions::default(),

@@ -12,6 +12,7 @@
 //! - [`engine`]: the migration lifecycle: plan, dry run, gates, step DAG, retries, cancel,
 //!   pause, rollback, crash recovery.
 //! - [`store`]: durable job state (sled), behind a small trait.
+//! - [`metrics`]: counters and histograms kept as things happen, rendered for `/metrics`.
 //! - [`api`]: the HTTP API (axum), live progress over SSE, bearer-token roles.
 //! - [`server`], [`config`], [`cli`]: the `plover` binary, a thin layer over the above.
 //! - [`testing`]: run a handler in-process over in-memory buckets, for plugin authors.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod server;

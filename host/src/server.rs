@@ -1,12 +1,18 @@
 //! `plover serve`: open the data directory, load plugins, resume interrupted jobs, serve the API.
 
+use crate::api::plugins::StoredPluginMeta;
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
 use crate::config::{Config, LogFormat};
 use crate::connectors::{HostConnections, SledBuckets};
 use crate::engine::Engine;
 use crate::engine::job::JobSnapshot;
-use crate::runtime::{PluginRegistry, Runtime, RuntimeConfig};
-use crate::store::SledJobStore;
+use crate::runtime::{PluginRegistry, Publisher, Runtime, RuntimeConfig};
+use crate::store::{GroupFlush, SledJobStore};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,6 +29,44 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Load every plugin: the host's directories (bundled) first, then the uploaded ones, each
+/// under the publisher its metadata names. A plugin that fails to load is logged and skipped.
+fn load_plugins(
+    runtime: &Runtime,
+    registry: &PluginRegistry,
+    bundled_dirs: &[std::path::PathBuf],
+    plugin_store: &Path,
+) -> anyhow::Result<()> {
+    let mut sources: Vec<(&Path, bool)> = bundled_dirs.iter().map(|d| (d.as_path(), true)).collect();
+    sources.push((plugin_store, false));
+    for (dir, bundled) in sources {
+        if !dir.exists() {
+            tracing::warn!(dir = %dir.display(), "plugin directory does not exist; skipped");
+            continue;
+        }
+        for (path, result) in runtime.load_dir(dir)? {
+            let (publisher, claim) = if bundled {
+                (Publisher::Bundled, false)
+            } else {
+                let meta: Option<StoredPluginMeta> = std::fs::read(path.with_extension("json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                meta.map_or((Publisher::Uploaded, false), |m| (m.publisher, m.claimed))
+            };
+            match result
+                .map_err(anyhow::Error::from)
+                .and_then(|p| Ok(registry.insert_from(p, publisher, claim)?))
+            {
+                Ok(p) => {
+                    tracing::info!(plugin = %p.label(), sha256 = p.sha256(), path = %path.display(), "plugin loaded")
+                }
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "plugin not loaded"),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Everything the server runs on, opened from `config`. Split from [`serve`] so start-up
 /// problems surface before the port is bound.
 pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
@@ -34,6 +78,22 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         .map_err(|e| {
             anyhow::anyhow!("opening the database in {}: {e}", config.data_dir.display())
         })?;
+    let flush = Arc::new(GroupFlush::new(db.clone()));
+    let store = SledJobStore::open(flush.clone())?.with_job_state_quota(config.job_state_quota_bytes);
+    if config.verify_on_start {
+        let report = store.check_integrity().map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nThe data directory {} is damaged; restore it from a backup (or start with verify_on_start = false to serve what can be read)",
+                config.data_dir.display()
+            )
+        })?;
+        tracing::info!(
+            records = report.records,
+            quarantined = report.quarantined.len(),
+            took_ms = report.took.as_millis() as u64,
+            "database checked"
+        );
+    }
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         cache_dir: Some(config.data_dir.join("cache")),
@@ -42,38 +102,28 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         ..RuntimeConfig::default()
     })?);
     let registry = Arc::new(PluginRegistry::new());
-    let mut dirs = config.plugin_dirs.clone();
-    dirs.push(plugin_store.clone());
-    for dir in &dirs {
-        if !dir.exists() {
-            tracing::warn!(dir = %dir.display(), "plugin directory does not exist; skipped");
-            continue;
-        }
-        for (path, result) in runtime.load_dir(dir)? {
-            match result
-                .map_err(anyhow::Error::from)
-                .and_then(|p| Ok(registry.insert(p)?))
-            {
-                Ok(p) => {
-                    tracing::info!(plugin = %p.label(), sha256 = p.sha256(), path = %path.display(), "plugin loaded")
-                }
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "plugin not loaded"),
-            }
-        }
-    }
+    load_plugins(&runtime, &registry, &config.plugin_dirs, &plugin_store)?;
 
-    let store = Arc::new(SledJobStore::open(&db)?);
     let connections = Arc::new(HostConnections::new(
         SledBuckets::new(db.clone()),
+        Arc::new(store.job_state()),
         config.connections.clone(),
         config.any_sled_bucket,
     ));
     connections
         .open_all()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let engine = Engine::open(registry, store, connections, config.defaults.clone())?;
+    let engine = Engine::open(
+        registry,
+        Arc::new(store),
+        connections,
+        config.defaults.clone(),
+    )?;
+    if config.max_concurrent_dry_calls > 0 {
+        engine.set_concurrent_dry_calls(config.max_concurrent_dry_calls);
+    }
 
-    let tokens = TokenStore::open(&db)?;
+    let tokens = TokenStore::open(flush.clone())?;
     if tokens.is_empty() {
         let preset = std::env::var("PLOVER_BOOTSTRAP_TOKEN")
             .ok()
@@ -105,9 +155,8 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         runtime,
         plugin_store,
         tokens,
-        audit: crate::api::audit::AuditLog::open(&db)?,
+        audit: crate::api::audit::AuditLog::open(flush, config.audit_retention)?,
         ready: Default::default(),
-        metrics: Default::default(),
     }))
 }
 
@@ -153,7 +202,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.bind))?;
         let addr = listener.local_addr()?;
-        let resumed = state.engine.recover();
+        let engine = state.engine.clone();
+        let resumed = tokio::task::spawn_blocking(move || engine.recover()).await??;
         if !resumed.is_empty() {
             tracing::info!(jobs = ?resumed, "resumed interrupted jobs");
         }
@@ -165,17 +215,70 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config.max_body_bytes,
             Duration::from_secs(config.request_timeout_secs),
         );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        accept_loop(
+            listener,
+            app,
+            Duration::from_secs(config.header_read_timeout_secs.max(1)),
+            shutdown_signal(),
+        )
+        .await;
         tracing::info!(
             "shutting down; running jobs resume from their checkpoints at the next start"
         );
-        state.engine.flush()?;
+        let engine = state.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush()).await??;
         anyhow::Ok(())
     })?;
     // Plugin calls still running belong to threads that end with the process.
     std::process::exit(0);
+}
+
+/// Serve HTTP/1 and HTTP/2 connections until `shutdown` resolves. A client that does not send
+/// its request headers within `header_timeout` is disconnected, so slow clients cannot hold
+/// sockets indefinitely.
+pub async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, for example: wait instead of spinning.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    // Event streams stay open as long as their jobs run: give requests a moment, then go.
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+    }
 }
 
 async fn shutdown_signal() {

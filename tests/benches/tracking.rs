@@ -56,8 +56,14 @@ fn main() {
     registry
         .insert(runtime.load_file(artifacts::KV_COPY.as_ref()).unwrap())
         .unwrap();
-    let connections = Arc::new(HostConnections::new(buckets.clone(), BTreeMap::new(), true));
-    let store = Arc::new(SledJobStore::open(&db).unwrap());
+    let store = SledJobStore::open_db(&db).unwrap();
+    let connections = Arc::new(HostConnections::new(
+        buckets.clone(),
+        Arc::new(store.job_state()),
+        BTreeMap::new(),
+        true,
+    ));
+    let store = Arc::new(store);
     let engine = Engine::open(
         registry.clone(),
         store,
@@ -94,7 +100,7 @@ fn main() {
         } else {
             StepEvents::untracked(handle.clone(), control.clone(), "copy")
         });
-        let grants = Grants::new(connections.job_state(&job.id).unwrap())
+        let grants = Grants::new(connections.job_state(&job.id))
             .with_kv("source", source.clone())
             .with("target", connections.connect(&target).unwrap());
         let ctx = JobContext {

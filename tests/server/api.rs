@@ -640,6 +640,7 @@ fn openapi_document_matches_the_routes() {
         ("POST", "/api/v1/tokens"),
         ("DELETE", "/api/v1/tokens/{name}"),
         ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/openapi.json"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/metrics"),
@@ -675,6 +676,14 @@ fn openapi_document_matches_the_routes() {
                 body["message"], "no such endpoint; the API lives under /api/v1",
                 "{m} {p}"
             );
+        }
+    }
+    // Operation ids are unique (tools key generated clients by them).
+    let mut ids = std::collections::BTreeSet::new();
+    for ops in paths.values() {
+        for op in ops.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().expect("every operation has an id");
+            assert!(ids.insert(id.to_string()), "operation id {id} is used twice");
         }
     }
     // Every schema reference resolves.

@@ -6,7 +6,7 @@ use plover_host::connectors::{HostConnections, KvBucket, SledBuckets};
 use plover_host::engine::job::{EventBody, JobSnapshot};
 use plover_host::engine::options::JobOptions;
 use plover_host::engine::state::{Action, JobStatus, StepStatus};
-use plover_host::engine::{Engine, EngineError, NewMigration};
+use plover_host::engine::{DeleteMode, Engine, EngineError, NewMigration};
 use plover_host::runtime::{PluginRegistry, Runtime, RuntimeConfig};
 use plover_host::store::SledJobStore;
 use plover_tests::artifacts;
@@ -40,8 +40,14 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let buckets = SledBuckets::new(db.clone());
-    let connections = Arc::new(HostConnections::new(buckets.clone(), BTreeMap::new(), true));
-    let store = Arc::new(SledJobStore::open(&db).unwrap());
+    let store = SledJobStore::open_db(&db).unwrap();
+    let connections = Arc::new(HostConnections::new(
+        buckets.clone(),
+        Arc::new(store.job_state()),
+        BTreeMap::new(),
+        true,
+    ));
+    let store = Arc::new(store);
     let engine = Engine::open(registry(), store, connections, JobOptions::default()).unwrap();
     Env {
         _dir: dir,
@@ -138,9 +144,10 @@ fn kv_copy_job_completes_with_progress_objects_and_a_gapless_feed() {
     assert_eq!(job.status, JobStatus::Planned);
     assert_eq!(
         job.total_objects,
-        Some(5000),
-        "copy and verify each expect 2500"
+        Some(2500),
+        "the objects the copy moves, counted once (verify re-reads them)"
     );
+    assert_eq!(job.percentage, 0.0);
     assert_eq!(job.plugin.name, "kv-copy");
     assert_eq!(job.created_by, "alice");
 
@@ -672,7 +679,7 @@ fn plans_with_cycles_or_unknown_dependencies_are_rejected() {
         .unwrap_err();
     assert!(err.to_string().contains("depends on 'ghost'"), "{err}");
     assert_eq!(
-        env.engine.list(&Default::default()).total,
+        env.engine.list(&Default::default()).unwrap().total,
         0,
         "nothing stored"
     );
@@ -752,7 +759,7 @@ fn bad_requests_are_refused_before_anything_is_stored() {
             grants: [("data".into(), "no/such".into())].into(),
             ..base()
         })
-        .contains("no connection named 'no/such'")
+        .contains("connection name 'no/such' must be")
     );
     assert!(
         bad(NewMigration {
@@ -761,7 +768,7 @@ fn bad_requests_are_refused_before_anything_is_stored() {
         })
         .contains("parameters must be a JSON object")
     );
-    assert_eq!(env.engine.list(&Default::default()).total, 0);
+    assert_eq!(env.engine.list(&Default::default()).unwrap().total, 0);
 }
 
 #[test]
@@ -836,12 +843,16 @@ fn listing_filters_by_status_and_handler_and_pages() {
     let b = env.stepper(json!([{ "id": "a" }]), json!({})).unwrap();
     env.engine.execute(&b.id, "ops").unwrap();
     env.settle(&b.id);
-    let all = env.engine.list(&Default::default());
+    let all = env.engine.list(&Default::default()).unwrap();
     assert_eq!(all.total, 2);
-    let planned = env.engine.list(&plover_host::engine::ListFilter {
-        status: Some(JobStatus::Planned),
-        ..Default::default()
-    });
+    let planned = env
+        .engine
+        .list(&plover_host::engine::ListFilter {
+            status: Some(JobStatus::Planned),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(planned.total, 1, "counted from the store's counters");
     assert_eq!(
         planned
             .items
@@ -850,20 +861,60 @@ fn listing_filters_by_status_and_handler_and_pages() {
             .collect::<Vec<_>>(),
         std::slice::from_ref(&a.id)
     );
-    let by_handler = env.engine.list(&plover_host::engine::ListFilter {
-        handler: Some("kv-copy".into()),
-        ..Default::default()
-    });
+    let by_handler = env
+        .engine
+        .list(&plover_host::engine::ListFilter {
+            handler: Some("kv-copy".into()),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(by_handler.total, 0);
-    let page = env.engine.list(&plover_host::engine::ListFilter {
-        offset: Some(1),
-        limit: Some(1),
-        ..Default::default()
-    });
+    let completed_stepper = env
+        .engine
+        .list(&plover_host::engine::ListFilter {
+            handler: Some("stepper".into()),
+            status: Some(JobStatus::Completed),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(completed_stepper.items.len(), 1);
+    assert_eq!(completed_stepper.items[0].id, b.id);
+    let page = env
+        .engine
+        .list(&plover_host::engine::ListFilter {
+            offset: Some(1),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].id, a.id, "newest first");
-
-    assert!(matches!(env.engine.delete(&a.id, "ops"), Ok(())));
-    assert_eq!(env.engine.list(&Default::default()).total, 1);
-    assert!(env.engine.events_after(&a.id, 0, 10).is_err());
+    // Cursor paging visits every job once, newest first, without an offset.
+    let first = env
+        .engine
+        .list(&plover_host::engine::ListFilter {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(first.items[0].id, b.id);
+    let second = env
+        .engine
+        .list(&plover_host::engine::ListFilter {
+            limit: Some(1),
+            cursor: first.next_cursor.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(second.items[0].id, a.id);
+    assert_eq!(second.next_cursor, None, "the last page says so");
+    assert!(matches!(
+        env.engine.delete(&a.id, "ops", DeleteMode::Safe),
+        Ok(())
+    ));
+    assert_eq!(env.engine.list(&Default::default()).unwrap().total, 1);
+    assert!(matches!(
+        env.engine.snapshot(&a.id),
+        Err(EngineError::NotFound(_))
+    ));
 }

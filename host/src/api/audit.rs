@@ -1,101 +1,150 @@
-//! The host's audit trail: every mutating request (POST, PUT, PATCH, DELETE), with the
-//! token's name, what it asked and the status it got, refused requests included. Job actions
-//! are also recorded in each job's own change feed.
+//! The host's audit trail: every mutating request (POST, PUT, PATCH, DELETE) made with a valid
+//! token, with the token's name, what it asked and the status it got, refused requests
+//! included. Requests without a valid token are only counted
+//! (`plover_unauthenticated_requests_total`): anyone can send them, so storing each would let
+//! anyone fill the disk. Entries are bounded in size and the oldest are dropped past the
+//! retention. Job actions are also recorded in each job's own change feed.
 
 use super::AppState;
-use super::auth::AsAdmin;
-use super::error::{AppError, ErrorBody};
+use super::auth::{AsAdmin, bearer_token};
+use super::error::AppError;
+use super::extract::{ApiQuery, blocking};
+use crate::store::{GroupFlush, StoreError};
 use axum::Json;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// The longest path (query included) an entry keeps; longer ones are cut and marked.
+pub const MAX_PATH: usize = 256;
+
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: u64,
     pub at: DateTime<Utc>,
-    /// The token's name, or `anonymous` when the request carried no valid token.
+    /// The token's name.
     pub actor: String,
     pub method: String,
+    /// The path and query asked, cut to 256 characters.
     pub path: String,
     pub status: u16,
 }
 
 pub struct AuditLog {
     tree: sled::Tree,
+    flush: Arc<GroupFlush>,
     last_seq: std::sync::Mutex<u64>,
+    /// How many entries are kept.
+    retention: u64,
+}
+
+fn failure(e: impl std::fmt::Display) -> StoreError {
+    StoreError::unavailable(format!("audit trail: {e}"))
 }
 
 impl AuditLog {
-    pub fn open(db: &sled::Db) -> anyhow::Result<Self> {
-        let tree = db.open_tree("plover/audit")?;
+    pub fn open(flush: Arc<GroupFlush>, retention: u64) -> anyhow::Result<Self> {
+        let tree = flush.db().open_tree("plover/audit")?;
         let last = match tree.last()? {
             Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into()?),
             None => 0,
         };
         Ok(AuditLog {
             tree,
+            flush,
             last_seq: std::sync::Mutex::new(last),
+            retention: retention.max(1),
         })
     }
 
-    fn append(
+    /// Append an entry (dropping the oldest past the retention); durable when this returns.
+    pub fn append(
         &self,
         actor: String,
         method: String,
         path: String,
         status: u16,
-    ) -> anyhow::Result<()> {
-        let mut last = self.last_seq.lock().expect("audit lock");
-        *last += 1;
-        let seq = *last;
-        let entry = AuditEntry {
-            seq,
-            at: Utc::now(),
-            actor,
-            method,
-            path,
-            status,
-        };
-        self.tree
-            .insert(seq.to_be_bytes(), serde_json::to_vec(&entry)?)?;
-        Ok(())
+    ) -> Result<(), StoreError> {
+        {
+            let mut last = self.last_seq.lock().expect("audit lock");
+            *last += 1;
+            let seq = *last;
+            let entry = AuditEntry {
+                seq,
+                at: Utc::now(),
+                actor,
+                method,
+                path: crate::engine::truncated(&path, MAX_PATH),
+                status,
+            };
+            let mut batch = sled::Batch::default();
+            batch.insert(
+                &seq.to_be_bytes(),
+                serde_json::to_vec(&entry).expect("serialises"),
+            );
+            if seq > self.retention {
+                batch.remove(&(seq - self.retention).to_be_bytes());
+            }
+            self.tree.apply_batch(batch).map_err(failure)?;
+        }
+        self.flush.sync()
     }
 
-    pub fn after(&self, after: u64, limit: usize) -> anyhow::Result<Vec<AuditEntry>> {
+    pub fn after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(vec![]);
+        };
         self.tree
-            .range((after + 1).to_be_bytes()..)
+            .range(from.to_be_bytes()..)
             .take(limit)
-            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
+            .map(|r| {
+                let (_, v) = r.map_err(failure)?;
+                serde_json::from_slice(&v).map_err(failure)
+            })
             .collect()
     }
 }
 
-/// Middleware: record every mutating request once its response is known.
+/// Middleware: record every mutating request made with a valid token once its response is
+/// known, durably, before the response leaves.
 pub async fn record(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     if matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
         return next.run(req).await;
     }
-    let path = req.uri().path().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
     let actor = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| s.tokens.check(t.trim()))
-        .map_or_else(|| "anonymous".to_string(), |t| t.name);
+        .and_then(bearer_token)
+        .and_then(|t| s.tokens.check(t))
+        .map(|t| t.name);
     let response = next.run(req).await;
-    if let Err(e) = s
-        .audit
-        .append(actor, method.to_string(), path, response.status().as_u16())
-    {
-        tracing::error!(error = %e, "could not record an audit entry");
+    let Some(actor) = actor else {
+        crate::metrics::get().unauthenticated.inc();
+        return response;
+    };
+    let status = response.status().as_u16();
+    let state = s.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        state.audit.append(actor, method.to_string(), path, status)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => response,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record an audit entry");
+            AppError::from(e).into_response()
+        }
+        Err(e) => AppError::internal(format!("audit worker: {e}")).into_response(),
     }
-    response
 }
 
 #[derive(Deserialize)]
@@ -105,22 +154,23 @@ pub struct AuditQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "tokens", params(("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
-    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/audit", tag = "tokens", operation_id = "list_audit",
+    params(("after" = Option<u64>, Query, description = "Last sequence number seen"), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = AuditPage)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<impl IntoResponse, AppError> {
-    let Query(q) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
-    let items = s
-        .audit
-        .after(q.after.unwrap_or(0), q.limit.unwrap_or(200).clamp(1, 1000))
-        .map_err(|e| AppError::internal(e.to_string()))?;
-    let next = items.last().map(|e| e.seq);
-    Ok(Json(
-        serde_json::json!({ "items": items, "next_after": next }),
-    ))
+    let state = s.clone();
+    let items = blocking(move || {
+        Ok(state
+            .audit
+            .after(q.after.unwrap_or(0), q.limit.unwrap_or(200).clamp(1, 1000))?)
+    })
+    .await?;
+    let next_after = items.last().map(|e| e.seq);
+    Ok(Json(AuditPage { items, next_after }))
 }
 
 /// A page of the audit trail; pass `next_after` as `after` for the next page.

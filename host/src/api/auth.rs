@@ -3,6 +3,7 @@
 
 use super::AppState;
 use super::error::AppError;
+use crate::store::{GroupFlush, StoreError};
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -38,10 +39,23 @@ struct StoredToken {
     info: TokenInfo,
 }
 
-/// Tokens by hash, persisted in sled.
+/// Tokens by hash, persisted in sled. A change is durable before it is acknowledged: a
+/// revoked token stays revoked whatever happens to the process after the answer.
 pub struct TokenStore {
     tree: sled::Tree,
+    flush: Arc<GroupFlush>,
     by_hash: RwLock<HashMap<String, TokenInfo>>,
+}
+
+/// Why a token could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token name must be 1-64 letters, digits, dashes or underscores")]
+    InvalidName,
+    #[error("a token named '{0}' exists")]
+    Exists(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn hash(token: &str) -> String {
@@ -54,9 +68,13 @@ fn new_token() -> String {
     format!("plv_{}{}", a.simple(), b.simple())
 }
 
+fn sled_failure(e: sled::Error) -> StoreError {
+    StoreError::unavailable(format!("tokens: {e}"))
+}
+
 impl TokenStore {
-    pub fn open(db: &sled::Db) -> anyhow::Result<Self> {
-        let tree = db.open_tree("plover/tokens")?;
+    pub fn open(flush: Arc<GroupFlush>) -> anyhow::Result<Self> {
+        let tree = flush.db().open_tree("plover/tokens")?;
         let mut by_hash = HashMap::new();
         for item in tree.iter() {
             let (_, v) = item?;
@@ -65,6 +83,7 @@ impl TokenStore {
         }
         Ok(TokenStore {
             tree,
+            flush,
             by_hash: RwLock::new(by_hash),
         })
     }
@@ -74,17 +93,22 @@ impl TokenStore {
     }
 
     /// Store `token` (or a fresh one) as `name` with `role`; returns the token.
-    pub fn create(&self, name: &str, role: Role, token: Option<String>) -> anyhow::Result<String> {
+    pub fn create(
+        &self,
+        name: &str,
+        role: Role,
+        token: Option<String>,
+    ) -> Result<String, TokenError> {
         if name.is_empty()
             || name.len() > 64
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            anyhow::bail!("token name must be 1-64 letters, digits, dashes or underscores");
+            return Err(TokenError::InvalidName);
         }
-        if self.tree.contains_key(name)? {
-            anyhow::bail!("a token named '{name}' exists");
+        if self.tree.contains_key(name).map_err(sled_failure)? {
+            return Err(TokenError::Exists(name.to_string()));
         }
         let token = token.unwrap_or_else(new_token);
         let stored = StoredToken {
@@ -95,8 +119,10 @@ impl TokenStore {
                 created_at: Utc::now(),
             },
         };
-        self.tree.insert(name, serde_json::to_vec(&stored)?)?;
-        self.tree.flush()?;
+        self.tree
+            .insert(name, serde_json::to_vec(&stored).expect("serialises"))
+            .map_err(sled_failure)?;
+        self.flush.sync()?;
         self.by_hash
             .write()
             .expect("tokens lock")
@@ -116,12 +142,15 @@ impl TokenStore {
         all
     }
 
-    pub fn revoke(&self, name: &str) -> anyhow::Result<bool> {
-        let Some(v) = self.tree.remove(name)? else {
+    /// Revoke the token `name`; durable when this returns. A token never revoked is `false`.
+    pub fn revoke(&self, name: &str) -> Result<bool, StoreError> {
+        let Some(v) = self.tree.remove(name).map_err(sled_failure)? else {
             return Ok(false);
         };
-        let t: StoredToken = serde_json::from_slice(&v)?;
-        self.by_hash.write().expect("tokens lock").remove(&t.sha256);
+        self.flush.sync()?;
+        if let Ok(t) = serde_json::from_slice::<StoredToken>(&v) {
+            self.by_hash.write().expect("tokens lock").remove(&t.sha256);
+        }
         Ok(true)
     }
 
@@ -132,6 +161,15 @@ impl TokenStore {
             .get(&hash(token))
             .cloned()
     }
+}
+
+/// The token of an `Authorization` value: the scheme is case-insensitive (RFC 9110).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The authenticated caller of a request. Extracting it answers 401 without a valid token.
@@ -175,12 +213,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let value = header
             .to_str()
             .map_err(|_| unauthorized("the Authorization header is not text"))?;
-        let token = value
-            .strip_prefix("Bearer ")
+        let token = bearer_token(value)
             .ok_or_else(|| unauthorized("expected Authorization: Bearer <token>"))?;
         let info = state
             .tokens
-            .check(token.trim())
+            .check(token)
             .ok_or_else(|| unauthorized("unknown or revoked token"))?;
         Ok(Caller {
             name: info.name,

@@ -2,6 +2,7 @@
 
 use crate::engine::EngineError;
 use crate::runtime::{LoadError, RegistryError};
+use crate::store::{StoreError, StoreErrorKind};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,10 @@ impl AppError {
             message: message.into(),
             details: Value::Null,
         }
+    }
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
     }
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = details;
@@ -84,7 +89,23 @@ impl From<EngineError> for AppError {
             }
             EngineError::InvalidPlan(_) => AppError::unprocessable("invalid-plan", message),
             EngineError::Refused(_) => AppError::conflict("refused", message),
-            EngineError::Store(_) => AppError::internal(message),
+            EngineError::RollbackWouldBeLost(_) => {
+                AppError::conflict("rollback-would-be-lost", message)
+            }
+            EngineError::Busy(_) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
+            EngineError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e.kind {
+            StoreErrorKind::Gone => AppError::not_found(e.message),
+            StoreErrorKind::Corrupt => AppError::internal(e.to_string()).with_code("store-corrupt"),
+            StoreErrorKind::Unavailable => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", e.to_string())
+            }
         }
     }
 }
@@ -96,6 +117,7 @@ impl From<RegistryError> for AppError {
             RegistryError::VersionConflict { .. } => {
                 AppError::conflict("version-conflict", message)
             }
+            RegistryError::NameOwned { .. } => AppError::conflict("name-owned", message),
             RegistryError::BadRequirement(_) => AppError::unprocessable("bad-requirement", message),
             RegistryError::UnknownPlugin(_) | RegistryError::NoMatchingVersion { .. } => {
                 AppError::unprocessable("unknown-plugin", message)

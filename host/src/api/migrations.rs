@@ -1,65 +1,24 @@
 //! `/api/v1/migrations`: create, list, show, act on, delete; logs and object results paged.
+//! Every handler that touches the engine runs on a blocking thread: the engine may call a
+//! plugin, wait for a run to wind down or read the store.
 
 use super::AppState;
 use super::auth::{AsOperator, AsViewer};
 use super::error::AppError;
-use super::error::ErrorBody;
+use super::extract::{ApiPath, ApiQuery, JsonBody, blocking};
 use crate::engine::job::JobSnapshot;
 use crate::engine::state::JobStatus;
-use crate::engine::{IndexedObject, JobPage, ListFilter, LogLine, NewMigration};
+use crate::engine::{DeleteMode, IndexedObject, JobPage, ListFilter, LogLine, NewMigration};
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// `Json<T>` with the API's error shape: 400 for malformed JSON, 422 for the wrong fields or
-/// types, 413 for a body over the limit.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(rejection) => Err(json_error(rejection)),
-        }
-    }
-}
-
-pub fn json_error(rejection: JsonRejection) -> AppError {
-    let message = rejection.body_text();
-    match rejection {
-        JsonRejection::JsonDataError(_) => AppError::unprocessable("invalid-body", message),
-        JsonRejection::MissingJsonContentType(_) => {
-            AppError::bad_request("send the body as JSON with Content-Type: application/json")
-        }
-        JsonRejection::BytesRejection(_) if rejection_is_too_large(&message) => {
-            AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message)
-        }
-        _ => AppError::bad_request(message),
-    }
-}
-
-fn rejection_is_too_large(message: &str) -> bool {
-    message.contains("length limit") || message.contains("too large")
-}
-
-/// Run engine work that may block (plugin calls, waiting for a run to wind down).
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
-) -> Result<T, AppError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AppError::internal(format!("worker failed: {e}")))?
-}
-
-#[utoipa::path(post, path = "/api/v1/migrations", tag = "migrations", request_body = NewMigration,
-    responses((status = 201, description = "Created and planned", body = JobSnapshot), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/migrations", tag = "migrations", operation_id = "create_migration",
+    request_body = NewMigration,
+    responses((status = 201, description = "Created and planned", body = JobSnapshot)))]
 pub async fn create(
     State(s): State<Arc<AppState>>,
     AsOperator(caller): AsOperator,
@@ -75,62 +34,90 @@ pub async fn create(
 pub struct ListQuery {
     status: Option<String>,
     handler: Option<String>,
+    cursor: Option<String>,
     offset: Option<usize>,
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/v1/migrations", tag = "migrations",
-    params(("status" = Option<JobStatus>, Query, description = "Only jobs in this state"), ("handler" = Option<String>, Query, description = "Only jobs of this plugin"), ("offset" = Option<usize>, Query), ("limit" = Option<usize>, Query)),
-    responses((status = 200, description = "Newest first", body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/migrations", tag = "migrations", operation_id = "list_migrations",
+    params(
+        ("status" = Option<JobStatus>, Query, description = "Only jobs in this state"),
+        ("handler" = Option<String>, Query, description = "Only jobs of this plugin"),
+        ("cursor" = Option<String>, Query, description = "Continue after this page (`next_cursor`)"),
+        ("offset" = Option<usize>, Query, description = "Skip this many"),
+        ("limit" = Option<usize>, Query, description = "At most this many (1-500, default 50)")),
+    responses((status = 200, description = "Newest first", body = JobPage)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, AppError> {
-    let Query(q) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
     let status = match q.status {
         Some(st) => Some(st.parse::<JobStatus>().map_err(AppError::bad_request)?),
         None => None,
     };
-    Ok(Json(s.engine.list(&ListFilter {
+    let engine = s.engine.clone();
+    let filter = ListFilter {
         status,
         handler: q.handler,
+        cursor: q.cursor,
         offset: q.offset,
         limit: q.limit,
-    })))
+    };
+    let page = blocking(move || Ok(engine.list(&filter)?)).await?;
+    Ok(Json(page))
 }
 
-#[utoipa::path(get, path = "/api/v1/migrations/{id}", tag = "migrations", params(("id" = String, Path)),
-    responses((status = 200, body = JobSnapshot), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/migrations/{id}", tag = "migrations", operation_id = "show_migration",
+    params(("id" = String, Path)),
+    responses((status = 200, body = JobSnapshot)))]
 pub async fn show(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, AppError> {
-    Ok(Json(s.engine.snapshot(&id)?))
+    let engine = s.engine.clone();
+    Ok(Json(blocking(move || Ok(engine.snapshot(&id)?)).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/migrations/{id}", tag = "migrations", params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody), (status = 409, description = "Running", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(delete, path = "/api/v1/migrations/{id}", tag = "migrations", operation_id = "delete_migration",
+    params(("id" = String, Path),
+        ("force" = Option<bool>, Query, description = "Delete even a job whose changes could still be rolled back (its rollback journal is lost)")),
+    responses((status = 204, description = "Deleted"),
+        (status = 409, description = "Running, or partly applied with a rollback journal (see `force`)", body = super::error::ErrorBody)))]
 pub async fn remove(
     State(s): State<Arc<AppState>>,
     AsOperator(caller): AsOperator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<impl IntoResponse, AppError> {
     let engine = s.engine.clone();
-    blocking(move || Ok(engine.delete(&id, &caller.name)?)).await?;
+    let mode = if q.force {
+        DeleteMode::Force
+    } else {
+        DeleteMode::Safe
+    };
+    blocking(move || Ok(engine.delete(&id, &caller.name, mode)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /migrations/{id}/{action}`: validate, replan, execute, approve, pause, resume,
 /// cancel, retry, rollback. Answers 202 with the snapshot; the work goes on in the background.
-#[utoipa::path(post, path = "/api/v1/migrations/{id}/{action}", tag = "migrations",
+#[utoipa::path(post, path = "/api/v1/migrations/{id}/{action}", tag = "migrations", operation_id = "act_on_migration",
     params(("id" = String, Path), ("action" = String, Path, description = "validate, replan, execute, approve, pause, resume, cancel, retry or rollback")),
-    responses((status = 202, description = "Accepted; the work goes on in the background", body = JobSnapshot), (status = 404, body = ErrorBody), (status = 409, description = "Illegal in the job's state, or refused by a gate", body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 202, description = "Accepted; the work goes on in the background", body = JobSnapshot),
+        (status = 409, description = "Illegal in the job's state, or refused by a gate", body = super::error::ErrorBody)))]
 pub async fn act(
     State(s): State<Arc<AppState>>,
     AsOperator(caller): AsOperator,
-    Path((id, action)): Path<(String, String)>,
+    ApiPath((id, action)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
     let engine = s.engine.clone();
     let actor = caller.name.clone();
@@ -147,7 +134,8 @@ pub async fn act(
             "rollback" => engine.rollback(&id, &actor)?,
             other => {
                 return Err(AppError::not_found(format!(
-                    "no action '{other}'; see the API reference"
+                    "no action '{}'; see the API reference",
+                    crate::engine::truncated(other, 40)
                 )));
             }
         })
@@ -164,41 +152,51 @@ pub struct PageQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/v1/migrations/{id}/logs", tag = "migrations",
+#[utoipa::path(get, path = "/api/v1/migrations/{id}/logs", tag = "migrations", operation_id = "migration_logs",
     params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Last sequence number seen"), ("limit" = Option<usize>, Query)),
-    responses((status = 200, body = LogPage), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = LogPage)))]
 pub async fn logs(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
-    Path(id): Path<String>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, AppError> {
-    let Query(q) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
-    let lines = s
-        .engine
-        .logs(&id, q.after.unwrap_or(0), q.limit.unwrap_or(200))?;
-    let next = lines.last().map(|l| l.seq);
-    Ok(Json(
-        serde_json::json!({ "items": lines, "next_after": next }),
-    ))
+    let engine = s.engine.clone();
+    let items = blocking(move || {
+        Ok(engine.logs(&id, q.after.unwrap_or(0), q.limit.unwrap_or(200))?)
+    })
+    .await?;
+    let next_after = items.last().map(|l| l.seq);
+    Ok(Json(LogPage { items, next_after }))
 }
 
-#[utoipa::path(get, path = "/api/v1/migrations/{id}/objects", tag = "migrations",
+#[utoipa::path(get, path = "/api/v1/migrations/{id}/objects", tag = "migrations", operation_id = "migration_objects",
     params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Last index seen"), ("limit" = Option<usize>, Query)),
-    responses((status = 200, body = ObjectPage), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = ObjectPage)))]
 pub async fn objects(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
-    Path(id): Path<String>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, AppError> {
-    let Query(q) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
-    let from = q.after.map(|a| a + 1).unwrap_or(0);
-    let items = s.engine.objects(&id, from, q.limit.unwrap_or(500))?;
-    let next = items.last().map(|o| o.index);
-    Ok(Json(
-        serde_json::json!({ "items": items, "next_after": next }),
-    ))
+    let engine = s.engine.clone();
+    let items = blocking(move || {
+        // Past the last possible index there is nothing (rather than wrapping to the start).
+        let from = match q.after {
+            None => Some(0),
+            Some(a) => a.checked_add(1),
+        };
+        match from {
+            Some(from) => Ok(engine.objects(&id, from, q.limit.unwrap_or(500))?),
+            None => {
+                engine.snapshot(&id)?;
+                Ok(vec![])
+            }
+        }
+    })
+    .await?;
+    let next_after = items.last().map(|o| o.index);
+    Ok(Json(ObjectPage { items, next_after }))
 }
 
 /// A page of log lines; pass `next_after` as `after` for the next page.

@@ -5,9 +5,10 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod migrations;
 pub mod openapi;
-mod ops;
+pub mod ops;
 pub mod plugins;
 pub mod sse;
 
@@ -33,7 +34,6 @@ pub struct AppState {
     pub audit: audit::AuditLog,
     /// False until start-up (plugin loading, recovery) is done.
     pub ready: AtomicBool,
-    pub metrics: ops::Metrics,
 }
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Duration) -> Router {
@@ -70,6 +70,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,

@@ -1,10 +1,16 @@
 //! The OpenAPI document, generated from the handlers' annotations and the types they use, so
 //! it cannot drift from the code. Served at `/api/v1/openapi.json`.
+//!
+//! Error answers every operation can give (a malformed request, no token, the wrong role, a
+//! timeout, a body over the limit, the store unavailable...) are added to every operation by
+//! [`ErrorResponses`], from one table, rather than repeated in each annotation.
 
 use super::{audit, auth, error, migrations, ops, plugins, sse};
 use axum::Json;
 use axum::response::IntoResponse;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -16,21 +22,23 @@ use utoipa::{Modify, OpenApi};
         migrations::logs, migrations::objects,
         sse::job_events, sse::all_events,
         ops::list_tokens, ops::create_token, ops::revoke_token, audit::list,
+        document,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
         error::ErrorBody, auth::Role, auth::TokenInfo, ops::NewToken, ops::CreatedToken,
         audit::AuditEntry, audit::AuditPage, migrations::LogPage, migrations::ObjectPage,
-        crate::engine::job::EventBody, crate::engine::state::Action,
+        crate::engine::job::FeedEvent, crate::engine::job::EventBody, crate::engine::state::Action,
+        crate::engine::handle::StateChange,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = [])),
     tags(
         (name = "migrations", description = "Create, run and inspect migrations"),
         (name = "plugins", description = "Handler components"),
         (name = "events", description = "Live progress (Server-Sent Events)"),
         (name = "tokens", description = "API tokens and the audit trail (admin)"),
-        (name = "operations", description = "Health and metrics (no token)"),
+        (name = "operations", description = "Health, metrics and this document (no token)"),
     )
 )]
 pub struct ApiDoc;
@@ -47,6 +55,91 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Adds the error answers each operation can give, in the one error shape.
+struct ErrorResponses;
+
+/// What an operation is, for the error answers it can give.
+struct Shape {
+    authenticated: bool,
+    path_params: bool,
+    has_body: bool,
+    /// A stream: no request time limit.
+    streams: bool,
+}
+
+fn error_answers(shape: &Shape) -> Vec<(&'static str, &'static str)> {
+    let mut answers = vec![(
+        "400",
+        "Malformed request: a path, query or header that cannot be read",
+    )];
+    if shape.authenticated {
+        answers.push(("401", "No valid token"));
+        answers.push(("403", "The token's role does not allow this"));
+    }
+    if shape.path_params {
+        answers.push(("404", "No such migration, plugin or token"));
+    }
+    if !shape.streams && shape.authenticated {
+        answers.push(("408", "The request took longer than the server's time limit"));
+    }
+    if shape.has_body {
+        answers.push(("413", "The body is larger than the server accepts"));
+        answers.push(("422", "The body is well-formed but not acceptable"));
+    }
+    if shape.authenticated {
+        answers.push(("500", "The host's database is damaged"));
+        answers.push((
+            "503",
+            "The store is unavailable, or too much is running; try again",
+        ));
+    }
+    answers
+}
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let authenticated = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
+            let streams = path.ends_with("/events");
+            let path_params = path.contains('{');
+            let ops: [Option<&mut Operation>; 4] = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.put.as_mut(),
+            ];
+            for op in ops.into_iter().flatten() {
+                let shape = Shape {
+                    authenticated,
+                    path_params,
+                    has_body: op.request_body.is_some(),
+                    streams,
+                };
+                for (code, description) in error_answers(&shape) {
+                    if op.responses.responses.contains_key(code) {
+                        continue;
+                    }
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build();
+                    op.responses
+                        .responses
+                        .insert(code.to_string(), response.into());
+                }
+            }
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations", operation_id = "openapi_document", security(()),
+    responses((status = 200, description = "The OpenAPI document of this API", body = Object)))]
 pub async fn document() -> impl IntoResponse {
     Json(ApiDoc::openapi())
 }

@@ -1,31 +1,26 @@
-//! Operations endpoints: health, readiness, Prometheus metrics, API tokens, the 404 fallback.
+//! Operations endpoints: health, readiness, Prometheus metrics, API tokens, the fallbacks.
 
 use super::AppState;
-use super::auth::TokenInfo;
-use super::auth::{AsAdmin, Role};
-use super::error::{AppError, ErrorBody};
-use super::migrations::JsonBody;
-use crate::engine::state::{JobStatus, StepStatus};
-use crate::runtime::stats;
+use super::auth::{AsAdmin, Role, TokenError, TokenInfo};
+use super::error::AppError;
+use super::extract::{ApiPath, JsonBody, blocking};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// Counters kept by the API itself (the runtime and engine keep their own).
-#[derive(Default)]
-pub struct Metrics {}
-
-#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> impl IntoResponse {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "Starting")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
+    responses((status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "Starting", body = String, content_type = "text/plain")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     if s.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
@@ -38,125 +33,72 @@ pub async fn not_found() -> AppError {
     AppError::not_found("no such endpoint; the API lives under /api/v1")
 }
 
-/// Step durations are bucketed by these upper bounds, in seconds.
-const STEP_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
+pub async fn method_not_allowed() -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not take that method; see /api/v1/openapi.json",
+    )
+}
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP plover_jobs Migration jobs by state.\n# TYPE plover_jobs gauge"
-    );
-    let mut by_state = std::collections::BTreeMap::new();
-    let mut all = vec![];
-    let mut offset = 0;
-    loop {
-        let page = s.engine.list(&crate::engine::ListFilter {
-            offset: Some(offset),
-            limit: Some(500),
-            ..Default::default()
-        });
-        offset += page.items.len();
-        let done = page.items.is_empty() || offset >= page.total;
-        all.extend(page.items);
-        if done {
-            break;
+/// The metrics: counters and histograms kept as things happen, and jobs by state from the
+/// store's counters, so a scrape costs the same with 10 jobs or 100,000.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<impl IntoResponse, AppError> {
+    let engine = s.engine.clone();
+    let text = blocking(move || {
+        let jobs = &crate::metrics::get().jobs;
+        for (status, n) in engine.counts_by_status()? {
+            jobs.with_label_values(&[status.as_str()]).set(n as i64);
         }
-    }
-    for st in JobStatus::ALL {
-        by_state.insert(st.as_str(), 0u64);
-    }
-    let (mut ok, mut failed) = (0u64, 0u64);
-    for j in &all {
-        *by_state.entry(j.status.as_str()).or_default() += 1;
-        ok += j.completed_objects;
-        failed += j.failed_objects;
-    }
-    for (state, n) in &by_state {
-        let _ = writeln!(out, "plover_jobs{{state=\"{state}\"}} {n}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP plover_objects_migrated_total Object results recorded, by status.\n# TYPE plover_objects_migrated_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "plover_objects_migrated_total{{status=\"success\"}} {ok}"
-    );
-    let _ = writeln!(
-        out,
-        "plover_objects_migrated_total{{status=\"error\"}} {failed}"
-    );
-
-    // Step latency from the steps' own start and end times.
-    let mut counts = [0u64; STEP_BUCKETS.len()];
-    let (mut sum, mut n) = (0.0f64, 0u64);
-    for j in &all {
-        if let Ok(snap) = s.engine.snapshot(&j.id) {
-            for st in snap
-                .steps
-                .iter()
-                .filter(|st| st.status == StepStatus::Completed)
-            {
-                if let (Some(a), Some(b)) = (st.started_at, st.ended_at) {
-                    let secs = (b - a).num_milliseconds().max(0) as f64 / 1000.0;
-                    sum += secs;
-                    n += 1;
-                    for (i, le) in STEP_BUCKETS.iter().enumerate() {
-                        if secs <= *le {
-                            counts[i] += 1;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP plover_step_duration_seconds Duration of completed steps.\n# TYPE plover_step_duration_seconds histogram"
-    );
-    for (i, le) in STEP_BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "plover_step_duration_seconds_bucket{{le=\"{le}\"}} {}",
-            counts[i]
-        );
-    }
-    let _ = writeln!(
-        out,
-        "plover_step_duration_seconds_bucket{{le=\"+Inf\"}} {n}\nplover_step_duration_seconds_sum {sum}\nplover_step_duration_seconds_count {n}"
-    );
-
-    stats::write_prometheus(&mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+        Ok(crate::metrics::render())
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// 1-64 letters, digits, dashes or underscores.
     name: String,
     role: Role,
 }
 
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
-    responses((status = 201, description = "The token, shown only now", body = CreatedToken), (status = 409, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", operation_id = "create_token", request_body = NewToken,
+    responses((status = 201, description = "The token, shown only now", body = CreatedToken),
+        (status = 409, description = "A token of that name exists", body = super::error::ErrorBody)))]
 pub async fn create_token(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
     JsonBody(req): JsonBody<NewToken>,
 ) -> Result<impl IntoResponse, AppError> {
-    let token = s
-        .tokens
-        .create(&req.name, req.role, None)
-        .map_err(|e| AppError::conflict("token-exists", e.to_string()))?;
+    let state = s.clone();
+    let name = req.name.clone();
+    let token = blocking(move || {
+        state
+            .tokens
+            .create(&req.name, req.role, None)
+            .map_err(|e| match e {
+                TokenError::InvalidName => AppError::unprocessable("invalid-token-name", e.to_string()),
+                TokenError::Exists(_) => AppError::conflict("token-exists", e.to_string()),
+                TokenError::Store(e) => e.into(),
+            })
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "name": req.name, "role": req.role, "token": token })),
+        Json(CreatedToken {
+            name,
+            role: req.role,
+            token,
+        }),
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", operation_id = "list_tokens",
+    responses((status = 200, body = Vec<TokenInfo>)))]
 pub async fn list_tokens(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
@@ -164,17 +106,19 @@ pub async fn list_tokens(
     Ok(Json(s.tokens.list()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
-    responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", operation_id = "revoke_token",
+    params(("name" = String, Path)),
+    responses((status = 204, description = "Revoked")))]
 pub async fn revoke_token(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, AppError> {
-    match s.tokens.revoke(&name) {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(AppError::not_found(format!("no token named '{name}'"))),
-        Err(e) => Err(AppError::internal(e.to_string())),
+    let state = s.clone();
+    let shown = crate::engine::truncated(&name, 64);
+    match blocking(move || Ok(state.tokens.revoke(&name)?)).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(AppError::not_found(format!("no token named '{shown}'"))),
     }
 }
 

@@ -1,59 +1,126 @@
 //! `/api/v1/plugins`: upload (raw component bytes), list, show, delete.
+//!
+//! A plugin is addressed by its exact version, build metadata included (`1.0.0+build`): the
+//! same identity finds it, removes it and names its stored file. Uploaded plugins are stored
+//! by sha256 with a small metadata file (who published it, whether its name was claimed), both
+//! on disk before the upload is answered.
 
 use super::AppState;
 use super::auth::{AsAdmin, AsViewer};
-use super::error::{AppError, ErrorBody};
-use super::migrations::blocking;
-use crate::runtime::PluginSummary;
+use super::error::AppError;
+use super::extract::{ApiPath, ApiQuery, blocking};
+use crate::runtime::{LoadedPlugin, PluginSummary, Publisher};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use semver::Version;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::sync::Arc;
 
-#[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins", responses((status = 200, body = Vec<PluginSummary>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+/// A plugin as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PluginView {
+    #[serde(flatten)]
+    pub summary: PluginSummary,
+    /// Who published it; the name belongs to this publisher.
+    pub publisher: Publisher,
+}
+
+fn view(state: &AppState, p: &LoadedPlugin) -> PluginView {
+    PluginView {
+        summary: p.summary(),
+        publisher: state
+            .engine
+            .registry()
+            .publisher(p.name())
+            .unwrap_or(Publisher::Bundled),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins", operation_id = "list_plugins",
+    responses((status = 200, body = Vec<PluginView>)))]
 pub async fn list(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
 ) -> Result<impl IntoResponse, AppError> {
-    let all: Vec<_> = s
+    let all: Vec<PluginView> = s
         .engine
         .registry()
         .list()
         .iter()
-        .map(|p| p.summary())
+        .map(|p| view(&s, p))
         .collect();
     Ok(Json(all))
 }
 
-fn parse_version(v: &str) -> Result<Version, AppError> {
-    Version::parse(v)
-        .map_err(|e| AppError::bad_request(format!("'{v}' is not a semver version: {e}")))
+/// The loaded plugin that is exactly `name@version`, or 400/404.
+fn exact(state: &AppState, name: &str, version: &str) -> Result<Arc<LoadedPlugin>, AppError> {
+    let shown = crate::engine::truncated(version, 64);
+    let v = Version::parse(version)
+        .map_err(|e| AppError::bad_request(format!("'{shown}' is not a semver version: {e}")))?;
+    state.engine.registry().exact(name, &v).ok_or_else(|| {
+        AppError::not_found(format!(
+            "no plugin {}@{shown} is loaded",
+            crate::engine::truncated(name, 64)
+        ))
+    })
 }
 
-#[utoipa::path(get, path = "/api/v1/plugins/{name}/{version}", tag = "plugins", params(("name" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = PluginSummary), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/plugins/{name}/{version}", tag = "plugins", operation_id = "show_plugin",
+    params(("name" = String, Path), ("version" = String, Path, description = "The exact version, build metadata included")),
+    responses((status = 200, body = PluginView)))]
 pub async fn show(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
-    let plugin = s
-        .engine
-        .registry()
-        .resolve(&format!("{name}@={}", parse_version(&version)?))
-        .map_err(|e| AppError::not_found(e.to_string()))?;
-    Ok(Json(plugin.summary()))
+    let plugin = exact(&s, &name, &version)?;
+    Ok(Json(view(&s, &plugin)))
+}
+
+/// What the host keeps beside an uploaded plugin's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredPluginMeta {
+    pub publisher: Publisher,
+    /// The upload took over a name another publisher had.
+    pub claimed: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    #[serde(default)]
+    claim: bool,
+}
+
+/// Write `bytes` to `path` so that it is on disk (file and directory entry) when this returns.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Validate, precompile and store a component; 201 with its summary (200 if already loaded).
-#[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"),
-    responses((status = 201, body = PluginSummary), (status = 200, description = "Already loaded", body = PluginSummary), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, description = "Not a compatible handler component", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", operation_id = "upload_plugin",
+    params(("claim" = Option<bool>, Query, description = "Take over a plugin name that another publisher (e.g. the bundled plugins) owns")),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"),
+    responses((status = 201, body = PluginView), (status = 200, description = "Already loaded", body = PluginView),
+        (status = 409, description = "That name and version exist with other bytes, or the name belongs to another publisher", body = super::error::ErrorBody),
+        (status = 422, description = "Not a compatible handler component", body = super::error::ErrorBody)))]
 pub async fn upload(
     State(s): State<Arc<AppState>>,
     AsAdmin(caller): AsAdmin,
+    ApiQuery(q): ApiQuery<UploadQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let bytes =
@@ -66,49 +133,77 @@ pub async fn upload(
     let state = s.clone();
     blocking(move || {
         let plugin = state.runtime.load_bytes(&bytes)?;
-        let known = state.engine.registry().by_sha256(plugin.sha256()).is_some();
-        let plugin = state.engine.registry().insert(plugin)?;
+        let registry = state.engine.registry();
+        let known = registry.by_sha256(plugin.sha256()).is_some();
+        let plugin = registry.insert_from(plugin, Publisher::Uploaded, q.claim)?;
         let path = state.plugin_store.join(format!("{}.wasm", plugin.sha256()));
-        if !path.exists() {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, &bytes)
-                .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|e| AppError::internal(format!("storing the plugin: {e}")))?;
+        let meta = StoredPluginMeta {
+            publisher: Publisher::Uploaded,
+            claimed: q.claim,
+        };
+        let stored = write_durably(
+            &path.with_extension("json"),
+            &serde_json::to_vec(&meta).expect("serialises"),
+        )
+        .and_then(|()| {
+            if path.exists() {
+                Ok(())
+            } else {
+                write_durably(&path, &bytes)
+            }
+        });
+        if let Err(e) = stored {
+            if !known {
+                registry.remove(plugin.name(), plugin.version());
+            }
+            return Err(AppError::internal(format!("storing the plugin: {e}")));
         }
-        tracing::info!(plugin = %plugin.label(), sha256 = plugin.sha256(), by = %caller.name, "plugin uploaded");
+        tracing::info!(plugin = %plugin.label(), sha256 = plugin.sha256(), by = %caller.name, claimed = q.claim, "plugin uploaded");
         let status = if known { StatusCode::OK } else { StatusCode::CREATED };
-        Ok((status, Json(plugin.summary())))
+        Ok((status, Json(view(&state, &plugin))))
     })
     .await
 }
 
 /// Unload and forget a plugin; refused while a job that is not finished uses it.
-#[utoipa::path(delete, path = "/api/v1/plugins/{name}/{version}", tag = "plugins", params(("name" = String, Path), ("version" = String, Path)),
-    responses((status = 204, description = "Removed"), (status = 404, body = ErrorBody), (status = 409, description = "In use", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/plugins/{name}/{version}", tag = "plugins", operation_id = "delete_plugin",
+    params(("name" = String, Path), ("version" = String, Path, description = "The exact version, build metadata included")),
+    responses((status = 204, description = "Removed"), (status = 409, description = "In use", body = super::error::ErrorBody)))]
 pub async fn remove(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
-    let v = parse_version(&version)?;
-    let plugin = s
-        .engine
-        .registry()
-        .resolve(&format!("{name}@={v}"))
-        .map_err(|e| AppError::not_found(e.to_string()))?;
-    let users = s.engine.plugin_in_use(plugin.sha256());
-    if !users.is_empty() {
-        return Err(AppError::conflict(
-            "plugin-in-use",
-            format!(
-                "{} is used by {} migration(s) that are not finished",
-                plugin.label(),
-                users.len()
-            ),
-        )
-        .with_details(serde_json::json!({ "migrations": users })));
-    }
-    s.engine.registry().remove(&name, &v);
-    let _ = std::fs::remove_file(s.plugin_store.join(format!("{}.wasm", plugin.sha256())));
-    Ok(StatusCode::NO_CONTENT)
+    let state = s.clone();
+    blocking(move || {
+        let plugin = exact(&state, &name, &version)?;
+        let users = state
+            .engine
+            .plugin_in_use(plugin.name(), plugin.sha256())?;
+        if !users.is_empty() {
+            return Err(AppError::conflict(
+                "plugin-in-use",
+                format!(
+                    "{} is used by {} migration(s) that are not finished",
+                    plugin.label(),
+                    users.len()
+                ),
+            )
+            .with_details(serde_json::json!({ "migrations": users })));
+        }
+        state
+            .engine
+            .registry()
+            .remove(plugin.name(), plugin.version());
+        let path = state.plugin_store.join(format!("{}.wasm", plugin.sha256()));
+        for p in [path.with_extension("json"), path] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(AppError::internal(format!("removing {}: {e}", p.display()))),
+            }
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }

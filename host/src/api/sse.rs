@@ -9,10 +9,11 @@
 
 use super::AppState;
 use super::auth::AsViewer;
-use super::error::{AppError, ErrorBody};
-use crate::engine::handle::{JobHandle, LiveEvent, StateChange};
+use super::error::AppError;
+use super::extract::{ApiPath, ApiQuery, blocking};
+use crate::engine::handle::{JobHandle, LiveEvent};
 use crate::engine::job::FeedEvent;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -28,6 +29,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const RETRY_HINT: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AfterQuery {
     after: Option<u64>,
 }
@@ -61,17 +63,20 @@ fn to_event(e: &FeedEvent) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
 }
 
-#[utoipa::path(get, path = "/api/v1/migrations/{id}/events", tag = "events",
-    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Replay after this sequence number (or send Last-Event-ID)")),
-    responses((status = 200, description = "text/event-stream of FeedEvent, then a `final` JobSnapshot", content_type = "text/event-stream", body = FeedEvent), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/migrations/{id}/events", tag = "events", operation_id = "migration_events",
+    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Replay after this sequence number (or send Last-Event-ID)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "The last event seen: the stream continues after it")),
+    responses((status = 200, description = "A text/event-stream: each event's `data` is one FeedEvent as JSON (its `id:` is the sequence number, its `event:` the type), then one `final` event whose data is the JobSnapshot", content_type = "text/event-stream", body = String)))]
 pub async fn job_events(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-    Query(q): Query<AfterQuery>,
+    ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    let handle = s.engine.job_handle(&id)?;
+    let engine = s.engine.clone();
+    let lookup = id.clone();
+    let handle = blocking(move || Ok(engine.job_handle(&lookup)?)).await?;
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
@@ -130,9 +135,7 @@ pub async fn job_events(
             let (status, last) = f.handle.status_and_last_seq();
             if status.is_final() && last <= f.after {
                 f.phase = Phase::Done;
-                let Ok(snap) = f.state.engine.snapshot(&f.id) else {
-                    return None;
-                };
+                let snap = crate::engine::job::snapshot(&f.handle.record(), chrono::Utc::now());
                 let event = Event::default()
                     .event("final")
                     .json_data(&snap)
@@ -159,8 +162,8 @@ pub async fn job_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-#[utoipa::path(get, path = "/api/v1/events", tag = "events",
-    responses((status = 200, description = "text/event-stream of StateChange", content_type = "text/event-stream", body = StateChange), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", operation_id = "all_events",
+    responses((status = 200, description = "A text/event-stream: each `state` event's data is one StateChange as JSON; a `lagged` event says how many were missed", content_type = "text/event-stream", body = String)))]
 pub async fn all_events(
     State(s): State<Arc<AppState>>,
     _: AsViewer,

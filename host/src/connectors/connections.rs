@@ -22,6 +22,9 @@ pub enum ConnectionConfig {
         url: String,
         #[serde(default)]
         key_prefix: String,
+        /// The most connections the host keeps open to it.
+        #[serde(default = "default_max_connections")]
+        max_connections: u32,
     },
     /// A PostgreSQL database.
     Postgres {
@@ -46,18 +49,26 @@ fn default_max_connections() -> u32 {
 pub trait ConnectionProvider: Send + Sync {
     /// The connector behind connection `name`.
     fn connect(&self, name: &str) -> Result<Connector, String>;
-    /// The private bucket of job `job` (see `kv.bucket.job-state` in the contract).
-    fn job_state(&self, job: &str) -> Result<Arc<dyn super::KvBucket>, String>;
-    /// Forget job `job`'s private bucket.
-    fn drop_job_state(&self, job: &str) -> Result<(), String>;
+    /// The private bucket of job `job` (see `kv.bucket.job-state` in the contract). The job
+    /// store owns it and forgets it with the job.
+    fn job_state(&self, job: &str) -> Arc<dyn super::KvBucket>;
     /// The configured connection names, for error messages and the API.
     fn names(&self) -> Vec<String>;
+    /// The configured connections by name with their kind (`sled`, `redis`, `postgres`,
+    /// `http`): what an operator may grant, never how they are reached.
+    fn kinds(&self) -> Vec<(String, &'static str)>;
+}
+
+/// Where the jobs' private state buckets live (the job store's database).
+pub trait JobStateSpace: Send + Sync {
+    fn bucket(&self, job: &str) -> Arc<dyn super::KvBucket>;
 }
 
 /// The connections of one host: its sled database plus the configured connections. Each
 /// configured connection is opened once, on first use, and shared by every job (pools).
 pub struct HostConnections {
     buckets: SledBuckets,
+    job_state: Arc<dyn JobStateSpace>,
     configured: BTreeMap<String, ConnectionConfig>,
     opened: Mutex<BTreeMap<String, Connector>>,
     /// When true, a name not configured refers to the sled bucket of that name. Convenient on
@@ -68,11 +79,13 @@ pub struct HostConnections {
 impl HostConnections {
     pub fn new(
         buckets: SledBuckets,
+        job_state: Arc<dyn JobStateSpace>,
         configured: BTreeMap<String, ConnectionConfig>,
         any_sled_bucket: bool,
     ) -> Self {
         HostConnections {
             buckets,
+            job_state,
             configured,
             opened: Mutex::new(BTreeMap::new()),
             any_sled_bucket,
@@ -94,9 +107,15 @@ impl HostConnections {
             ConnectionConfig::Sled { bucket } => {
                 Connector::Kv(self.buckets.open(bucket).map_err(|e| e.to_string())?)
             }
-            ConnectionConfig::Redis { url, key_prefix } => {
-                Connector::Kv(Arc::new(RedisBucket::new(url, key_prefix)?))
-            }
+            ConnectionConfig::Redis {
+                url,
+                key_prefix,
+                max_connections,
+            } => Connector::Kv(Arc::new(RedisBucket::with_pool_size(
+                url,
+                key_prefix,
+                *max_connections,
+            )?)),
             ConnectionConfig::Postgres {
                 url,
                 search_path,
@@ -144,21 +163,27 @@ impl ConnectionProvider for HostConnections {
         Ok(connector)
     }
 
-    fn job_state(&self, job: &str) -> Result<Arc<dyn super::KvBucket>, String> {
-        Ok(self
-            .buckets
-            .open(&format!("@job-state/{job}"))
-            .map_err(|e| e.to_string())?)
-    }
-
-    fn drop_job_state(&self, job: &str) -> Result<(), String> {
-        self.buckets
-            .drop_bucket(&format!("@job-state/{job}"))
-            .map_err(|e| e.to_string())
+    fn job_state(&self, job: &str) -> Arc<dyn super::KvBucket> {
+        self.job_state.bucket(job)
     }
 
     fn names(&self) -> Vec<String> {
         self.configured.keys().cloned().collect()
+    }
+
+    fn kinds(&self) -> Vec<(String, &'static str)> {
+        self.configured
+            .iter()
+            .map(|(name, config)| {
+                let kind = match config {
+                    ConnectionConfig::Sled { .. } => "sled",
+                    ConnectionConfig::Redis { .. } => "redis",
+                    ConnectionConfig::Postgres { .. } => "postgres",
+                    ConnectionConfig::Http(_) => "http",
+                };
+                (name.clone(), kind)
+            })
+            .collect()
     }
 }
 
@@ -170,7 +195,9 @@ mod tests {
         let configured: BTreeMap<String, ConnectionConfig> = toml::from_str(toml_text).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        HostConnections::new(SledBuckets::new(db), configured, false)
+        let flush = Arc::new(crate::store::GroupFlush::new(db.clone()));
+        let state = Arc::new(crate::store::SledJobState::open(flush).unwrap());
+        HostConnections::new(SledBuckets::new(db), state, configured, false)
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod redis_kv;
 mod sled_kv;
 pub mod sql;
 
-pub use connections::{ConnectionConfig, ConnectionProvider, HostConnections};
+pub use connections::{ConnectionConfig, ConnectionProvider, HostConnections, JobStateSpace};
 pub use http_out::{HttpConnection, HttpRules};
 pub use memory_kv::MemoryBucket;
 pub use redis_kv::RedisBucket;
@@ -28,8 +28,46 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// A failure of the backing store (not of the plugin).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct KvBackendError(pub String);
+#[error("{message}")]
+pub struct KvBackendError {
+    pub kind: KvFailure,
+    pub message: String,
+}
+
+/// What kind of failure a [`KvBackendError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvFailure {
+    /// The backend failed or could not be reached; it may pass.
+    Backend,
+    /// The write would take the bucket past its quota.
+    QuotaExceeded,
+    /// What the backend holds is damaged; retrying will not help.
+    Corrupt,
+}
+
+impl KvBackendError {
+    pub fn backend(message: impl Into<String>) -> Self {
+        KvBackendError {
+            kind: KvFailure::Backend,
+            message: message.into(),
+        }
+    }
+    pub fn quota(message: impl Into<String>) -> Self {
+        KvBackendError {
+            kind: KvFailure::QuotaExceeded,
+            message: message.into(),
+        }
+    }
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        KvBackendError {
+            kind: KvFailure::Corrupt,
+            message: message.into(),
+        }
+    }
+    pub fn is_quota(&self) -> bool {
+        self.kind == KvFailure::QuotaExceeded
+    }
+}
 
 /// One page of a prefix scan, in key order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

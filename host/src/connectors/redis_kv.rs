@@ -15,7 +15,7 @@ pub struct RedisBucket {
 }
 
 fn backend(e: impl std::fmt::Display) -> KvBackendError {
-    KvBackendError(format!("redis: {e}"))
+    KvBackendError::backend(format!("redis: {e}"))
 }
 
 /// Escape the glob characters of `MATCH` so a prefix matches literally.
@@ -34,9 +34,18 @@ impl RedisBucket {
     /// A bucket over the Redis at `url`. Connects lazily: a server that is down fails the
     /// first operation (as a backend error the plugin sees), not the host's start.
     pub fn new(url: &str, key_prefix: &str) -> Result<Self, String> {
+        Self::with_pool_size(url, key_prefix, 8)
+    }
+
+    /// [`RedisBucket::new`] with at most `max_connections` pooled connections.
+    pub fn with_pool_size(
+        url: &str,
+        key_prefix: &str,
+        max_connections: u32,
+    ) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
         let pool = r2d2::Pool::builder()
-            .max_size(8)
+            .max_size(max_connections.max(1))
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(5))
             .test_on_check_out(false)
@@ -77,6 +86,19 @@ impl RedisBucket {
             .collect();
         Ok((next, keys))
     }
+
+    /// `MGET` of `keys` on a connection the caller holds already.
+    fn get_on(
+        &self,
+        conn: &mut redis::Connection,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, KvBackendError> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.full(k)).collect();
+        redis::cmd("MGET").arg(&full).query(conn).map_err(backend)
+    }
 }
 
 impl KvBucket for RedisBucket {
@@ -84,11 +106,7 @@ impl KvBucket for RedisBucket {
         if keys.is_empty() {
             return Ok(vec![]);
         }
-        let full: Vec<String> = keys.iter().map(|k| self.full(k)).collect();
-        redis::cmd("MGET")
-            .arg(&full)
-            .query(&mut *self.conn()?)
-            .map_err(backend)
+        self.get_on(&mut *self.conn()?, keys)
     }
 
     fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), KvBackendError> {
@@ -125,7 +143,7 @@ impl KvBucket for RedisBucket {
             None => 0,
             Some(c) => c
                 .parse()
-                .map_err(|_| KvBackendError(format!("'{c}' is not a Redis scan cursor")))?,
+                .map_err(|_| KvBackendError::backend(format!("'{c}' is not a Redis scan cursor")))?,
         };
         let pattern = format!("{}*", glob_escape(&self.full(prefix)));
         let mut conn = self.conn()?;
@@ -138,7 +156,9 @@ impl KvBucket for RedisBucket {
                 break;
             }
         }
-        let values = self.get_many(&keys)?;
+        // On the connection the scan holds: taking a second one from the pool while holding
+        // this one starves the pool when many jobs scan at once.
+        let values = self.get_on(&mut conn, &keys)?;
         // A key that expired between SCAN and MGET is simply gone.
         let entries = keys
             .into_iter()

@@ -40,11 +40,16 @@ impl SledBucket {
 }
 
 fn backend(e: sled::Error) -> KvBackendError {
-    KvBackendError(format!("sled: {e}"))
+    match e {
+        sled::Error::Corruption { .. } => {
+            KvBackendError::corrupt(format!("sled: the embedded database is corrupt ({e})"))
+        }
+        other => KvBackendError::backend(format!("sled: {other}")),
+    }
 }
 
 fn utf8_key(k: &[u8]) -> Result<String, KvBackendError> {
-    String::from_utf8(k.to_vec()).map_err(|_| KvBackendError("a stored key is not UTF-8".into()))
+    String::from_utf8(k.to_vec()).map_err(|_| KvBackendError::backend("a stored key is not UTF-8"))
 }
 
 impl KvBucket for SledBucket {

@@ -121,6 +121,10 @@ fn execute(setup: RunSetup) {
     let options = record.options.clone();
     let plan = record.plan.clone();
     let run_started = Instant::now();
+    let _ = handle.update(|rec| {
+        rec.run_started_at = Some(Utc::now());
+        (vec![], ())
+    });
     spawn_watchdog(&setup, record.executing_ms_before);
 
     let (tx, rx) = mpsc::channel::<(usize, StepEnd)>();
@@ -195,6 +199,7 @@ fn execute(setup: RunSetup) {
     };
     let _ = handle.update(|rec| {
         rec.executing_ms_before += ran_ms;
+        rec.run_started_at = None;
         let mut events = vec![];
         match &outcome {
             Ok((to, reason)) => {
@@ -334,16 +339,22 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
 
         let stopping = setup.control.is_stopping();
         match result {
+            Ok(Ok(_)) if events.failure().is_some() => {
+                let e = events.failure().expect("checked");
+                let kind = if e.is_corruption() { "data-corruption" } else { "dependency-unavailable" };
+                return fail_step(setup, step, &events, attempt, "execute", kind, &format!("the step's progress could not be recorded: {e}"));
+            }
             Ok(Ok(report)) => {
-                let _ = handle.update(|rec| {
-                    let mut evs = events.drain_for_completion(rec);
+                let completed = handle.update_with_objects(|rec| {
+                    let (mut evs, segments) = events.drain_for_completion(rec);
                     let s = rec.step_mut(&step.id).expect("step");
                     s.status = StepStatus::Completed;
                     s.ended_at = Some(Utc::now());
                     s.summary = Some(report.summary.clone());
-                    if let Some(total) = step.expected_objects {
+                    if let Some(total) = step.expected_objects.or(s.progress_total) {
                         s.progress_done = s.progress_done.max(total);
                     }
+                    let took = s.started_at.map(|t| (Utc::now() - t).to_std().unwrap_or_default());
                     evs.push(EventBody::Step {
                         step: step.id.clone(),
                         status: StepStatus::Completed,
@@ -351,9 +362,17 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
                         summary: Some(report.summary),
                         error: None,
                     });
-                    (evs, ())
+                    (evs, segments, took)
                 });
-                return StepEnd::Completed;
+                return match completed {
+                    Ok(took) => {
+                        if let Some(took) = took {
+                            crate::metrics::step_completed(took);
+                        }
+                        StepEnd::Completed
+                    }
+                    Err(_) => StepEnd::Failed,
+                };
             }
             Ok(Err(e)) if stopping && e.kind == ErrorKind::Cancelled => {
                 return interrupt(setup, step, &events, attempt);
@@ -468,7 +487,15 @@ fn fail_step(
             kind: kind.into(),
             message: message.to_string(),
         });
-        let mut evs = vec![EventBody::Step { step: step.id.clone(), status, attempt, summary: None, error: Some(message.to_string()) }];
+        let mut evs = vec![
+            EventBody::Step { step: step.id.clone(), status, attempt, summary: None, error: Some(message.to_string()) },
+            EventBody::Log {
+                level: LogLevel::Error,
+                source: super::job::LogSource::Host,
+                step: Some(step.id.clone()),
+                message: format!("{phase} of step '{}' failed ({kind}): {message}", step.id),
+            },
+        ];
         if discarded > 0 {
             evs.push(EventBody::Log {
                 level: LogLevel::Warning,
@@ -580,8 +607,8 @@ fn rollback_step(
         let spec = handle.lock().spec.clone();
         match setup.plugin.rollback(&ctx, &spec, step) {
             Ok(Ok(report)) => {
-                let _ = handle.update(|rec| {
-                    let mut evs = events.drain_for_completion(rec);
+                let done = handle.update_with_objects(|rec| {
+                    let (mut evs, segments) = events.drain_for_completion(rec);
                     let s = rec.step_mut(&step.id).expect("step");
                     s.status = StepStatus::RolledBack;
                     evs.push(EventBody::Step {
@@ -591,9 +618,9 @@ fn rollback_step(
                         summary: Some(report.summary),
                         error: None,
                     });
-                    (evs, ())
+                    (evs, segments, ())
                 });
-                return StepEnd::Completed;
+                return if done.is_ok() { StepEnd::Completed } else { StepEnd::Failed };
             }
             Ok(Err(MigrationError {
                 retryable: true,

@@ -5,7 +5,7 @@ use super::job::{EventBody, FeedEvent, JobRecord, LogSource};
 use super::state::JobStatus;
 use crate::model::LogLevel;
 use crate::runtime::ForceStop;
-use crate::store::{Commit, JobStore, StoreError};
+use crate::store::{Commit, JobStore, ObjectSegment, StoreError};
 use chrono::Utc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -110,6 +110,8 @@ pub struct JobHandle {
     changes: broadcast::Sender<StateChange>,
     /// The background run working on the job, if any.
     pub run: Mutex<Option<Arc<RunControl>>>,
+    /// Set (under the record's lock) when the job is deleted: later updates fail.
+    deleted: AtomicBool,
 }
 
 impl JobHandle {
@@ -126,7 +128,29 @@ impl JobHandle {
             live: broadcast::channel(LIVE_BACKLOG).0,
             changes,
             run: Mutex::new(None),
+            deleted: AtomicBool::new(false),
         })
+    }
+
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// Delete the job from the store; every later update of this handle fails. `check` runs
+    /// first under the record's lock and may refuse.
+    pub fn delete<E: From<StoreError>>(
+        &self,
+        check: impl FnOnce(&JobRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let record = self.lock();
+        check(&record)?;
+        self.store.delete(&record.id)?;
+        self.deleted.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// A copy of the record as it is now.
@@ -166,9 +190,23 @@ impl JobHandle {
         &self,
         change: impl FnOnce(&mut JobRecord) -> (Vec<EventBody>, R),
     ) -> Result<R, StoreError> {
+        self.update_with_objects(|rec| {
+            let (events, result) = change(rec);
+            (events, vec![], result)
+        })
+    }
+
+    /// [`JobHandle::update`] that also makes staged object results visible.
+    pub fn update_with_objects<R>(
+        &self,
+        change: impl FnOnce(&mut JobRecord) -> (Vec<EventBody>, Vec<ObjectSegment>, R),
+    ) -> Result<R, StoreError> {
         let mut record = self.lock();
+        if self.is_deleted() {
+            return Err(StoreError::gone(&record.id));
+        }
         let before = record.clone();
-        let (bodies, result) = change(&mut record);
+        let (bodies, segments, result) = change(&mut record);
         let now = Utc::now();
         record.updated_at = now;
         let mut events = Vec::with_capacity(bodies.len());
@@ -205,6 +243,7 @@ impl JobHandle {
             record: &record,
             append: &events,
             drop_logs: &drop_logs,
+            segments: &segments,
         }) {
             *record = before;
             return Err(e);

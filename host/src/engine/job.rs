@@ -117,6 +117,9 @@ pub struct JobRecord {
     pub ended_at: Option<DateTime<Utc>>,
     /// Time spent executing before the current run (so pauses do not count toward ETA).
     pub executing_ms_before: u64,
+    /// When the current execution run started, while one runs.
+    #[serde(default)]
+    pub run_started_at: Option<DateTime<Utc>>,
     pub errors: Vec<JobError>,
     pub warnings: Vec<String>,
     pub counts: ObjectCounts,
@@ -182,9 +185,12 @@ pub enum EventBody {
         step: Option<String>,
         message: String,
     },
+    /// Object results committed: positions `first_index .. first_index + count`. `results`
+    /// holds the first of them (at most 100); page the rest from `/objects`.
     Objects {
         step: String,
         first_index: u64,
+        count: u64,
         results: Vec<ObjectResult>,
     },
     Audit {
@@ -289,7 +295,7 @@ pub struct JobSnapshot {
 }
 
 /// A job in a list: no plan, logs or results.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: String,
     pub handler: String,
@@ -306,55 +312,68 @@ pub struct JobSummary {
     pub end_time: Option<DateTime<Utc>>,
 }
 
-/// Progress: (percentage, total objects if known).
+/// A step's work, in units of objects: (done, total). The total is what the plan expects,
+/// else what the step's own progress reports say, else one unit; a completed step is done.
+fn step_work(state: &StepState, step: &crate::model::PlanStep) -> (u64, u64) {
+    let total = step
+        .expected_objects
+        .or(state.progress_total)
+        .unwrap_or(1)
+        .max(1);
+    let done = if state.status == StepStatus::Completed {
+        total
+    } else if step.expected_objects.is_some() || state.progress_total.is_some() {
+        state.progress_done.min(total)
+    } else {
+        0
+    };
+    (done, total)
+}
+
+/// Progress over the plan's expected work: (percentage, total objects if known).
+///
+/// The percentage weighs every step by its work (see [`step_work`]), so it moves with each
+/// progress report, and reaches 100 only when every step completed. `total_objects` is what
+/// the migration steps expect to move: the number `completed_objects` counts toward.
 pub fn progress_of(r: &JobRecord) -> (f64, Option<u64>) {
-    let all_counted = r.plan.steps.iter().all(|s| s.expected_objects.is_some());
-    if all_counted {
-        let total: u64 = r
-            .plan
-            .steps
-            .iter()
-            .map(|s| s.expected_objects.unwrap_or(0))
-            .sum();
-        if total > 0 {
-            let done: u64 = r
-                .steps
-                .iter()
-                .zip(&r.plan.steps)
-                .map(|(s, p)| {
-                    let expected = p.expected_objects.unwrap_or(0);
-                    if s.status == StepStatus::Completed {
-                        expected
-                    } else {
-                        s.progress_done.min(expected)
-                    }
-                })
-                .sum();
-            return (round1(100.0 * done as f64 / total as f64), Some(total));
-        }
+    let (mut done, mut total) = (0u64, 0u64);
+    for (state, step) in r.steps.iter().zip(&r.plan.steps) {
+        let (d, t) = step_work(state, step);
+        done += d;
+        total += t;
     }
-    let done = r
+    let all_done = r.steps.iter().all(|s| s.status == StepStatus::Completed);
+    let mut pct = round1(100.0 * done as f64 / total.max(1) as f64);
+    if !all_done {
+        pct = pct.min(99.9);
+    }
+    let moving: Vec<Option<u64>> = r
+        .plan
         .steps
         .iter()
-        .filter(|s| s.status == StepStatus::Completed)
-        .count();
-    (
-        round1(100.0 * done as f64 / r.steps.len().max(1) as f64),
-        None,
-    )
+        .filter(|s| s.kind == crate::model::StepKind::Migration)
+        .map(|s| s.expected_objects)
+        .collect();
+    let total_objects = if moving.is_empty() || moving.iter().any(Option::is_none) {
+        None
+    } else {
+        Some(moving.into_iter().flatten().sum())
+    };
+    (pct, total_objects)
 }
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// Seconds left, from the average time per object (or per step) so far.
+/// Seconds left: the work still to do at the rate of this run so far (time paused does not
+/// count). With steady progress it converges to the real remaining time.
 pub fn eta_seconds(r: &JobRecord, now: DateTime<Utc>) -> Option<u64> {
     if r.status != JobStatus::Executing {
         return None;
     }
     let elapsed_ms = r.executing_ms_before
-        + r.started_at
+        + r.run_started_at
             .map(|s| (now - s).num_milliseconds().max(0) as u64)
             .unwrap_or(0);
     let (pct, _) = progress_of(r);

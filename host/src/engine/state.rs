@@ -141,7 +141,7 @@ pub fn allows(status: JobStatus, action: Action) -> bool {
         A::Resume => status == S::Paused,
         A::Cancel => matches!(
             status,
-            S::Planned | S::AwaitingApproval | S::Executing | S::Paused
+            S::Planned | S::Validating | S::AwaitingApproval | S::Executing | S::Paused
         ),
         A::Retry => status == S::Failed,
         A::Rollback => matches!(
@@ -160,7 +160,7 @@ pub fn can_move(from: JobStatus, to: JobStatus) -> bool {
         (
             S::Planned,
             S::Validating | S::AwaitingApproval | S::Executing | S::Cancelled
-        ) | (S::Validating, S::Planned | S::AwaitingApproval)
+        ) | (S::Validating, S::Planned | S::AwaitingApproval | S::Cancelled)
             | (
                 S::AwaitingApproval,
                 S::Validating | S::Executing | S::Planned | S::Cancelled

@@ -1,14 +1,18 @@
 //! What a running step reports, made durable cheaply and consistently.
 //!
-//! Invariant: object results are committed only together with the checkpoint that follows
-//! them (or with the step's completion). After a crash the step resumes from its last
-//! committed checkpoint and reports the rest again, so no result is lost or counted twice.
-//! Logs and progress are batched and flushed at most every [`FLUSH_EVERY`].
+//! Invariant: object results become visible (and counted) only together with the checkpoint
+//! that follows them, or with the step's completion. They are *staged* in the store as they
+//! arrive, so host memory does not grow with their number; a step resumed after a crash or
+//! retried after a failure stages again from its last committed count, overwriting what was
+//! staged and never committed. So no result is lost or counted twice.
+//! Logs and progress are batched and flushed at most every [`FLUSH_EVERY`] (or sooner when
+//! [`MAX_PENDING_LOG_BYTES`] of log text wait).
 
 use super::handle::{JobHandle, RunControl};
 use super::job::{EventBody, JobRecord, LogSource, eta_seconds, progress_of};
 use crate::model::{LogLevel, ObjectResult, ObjectStatus};
 use crate::runtime::JobEvents;
+use crate::store::{ObjectSegment, StagedObject, StoreError};
 use chrono::Utc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,13 +20,28 @@ use std::time::{Duration, Instant};
 /// Longest time logs and progress wait in memory before they are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
+/// Log text that waits in memory before it is written regardless of [`FLUSH_EVERY`].
+pub const MAX_PENDING_LOG_BYTES: usize = 1 << 20;
+
+/// How many of a commit's object results its feed event carries (the rest are paged from
+/// `/objects`): enough for a live view, bounded whatever the batch size.
+pub const OBJECTS_PER_EVENT: usize = 100;
+
 #[derive(Default)]
 struct Pending {
     logs: Vec<(LogLevel, String)>,
-    objects: Vec<ObjectResult>,
+    log_bytes: usize,
+    /// Results staged since the last commit, by status.
+    staged: u64,
+    by_status: [u64; 3],
+    /// The first few staged results, for the feed event.
+    sample: Vec<ObjectResult>,
+    last_object: Option<String>,
     progress: Option<(u64, Option<u64>, Option<String>)>,
     progress_dirty: bool,
     last_flush: Option<Instant>,
+    /// A staging write failed: the step cannot record its results, so it must not complete.
+    failure: Option<StoreError>,
 }
 
 /// Receives a step's events from the plugin (see [`JobEvents`]).
@@ -30,6 +49,10 @@ pub struct StepEvents {
     handle: Arc<JobHandle>,
     control: Arc<RunControl>,
     step: String,
+    /// The step's position in the plan (how staged results are keyed).
+    ordinal: u32,
+    /// Results of this step committed so far: staging continues from here.
+    committed: Mutex<u64>,
     pending: Mutex<Pending>,
     /// When false, events are only recorded (tracking disabled, for the benchmark).
     tracking: bool,
@@ -37,10 +60,17 @@ pub struct StepEvents {
 
 impl StepEvents {
     pub fn new(handle: Arc<JobHandle>, control: Arc<RunControl>, step: &str) -> Self {
+        let (ordinal, committed) = {
+            let rec = handle.lock();
+            let ordinal = rec.steps.iter().position(|s| s.id == step).unwrap_or(0);
+            (ordinal as u32, rec.steps.get(ordinal).map_or(0, |s| s.objects))
+        };
         StepEvents {
             handle,
             control,
             step: step.to_string(),
+            ordinal,
+            committed: Mutex::new(committed),
             pending: Mutex::new(Pending::default()),
             tracking: true,
         }
@@ -64,19 +94,33 @@ impl StepEvents {
         self.commit(&mut p, None, false);
     }
 
-    /// At step completion, inside the engine's own update of `rec`: everything pending,
-    /// objects included, so they commit with the step's new status.
-    pub fn drain_for_completion(&self, rec: &mut JobRecord) -> Vec<EventBody> {
-        let mut p = self.pending();
-        self.drain(&mut p, true, rec)
+    /// Why the step's results could not be recorded, if they could not.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.pending().failure.clone()
     }
 
-    /// Objects reported since the last checkpoint, discarded when a step fails: a retry or
-    /// resume starts from that checkpoint and reports them again.
-    pub fn discard_objects(&self) -> usize {
+    /// At step completion, inside the engine's own update of `rec`: everything pending,
+    /// objects included, so they commit with the step's new status.
+    pub fn drain_for_completion(
+        &self,
+        rec: &mut JobRecord,
+    ) -> (Vec<EventBody>, Vec<ObjectSegment>) {
         let mut p = self.pending();
-        let n = p.objects.len();
-        p.objects.clear();
+        if !self.tracking {
+            return (vec![], vec![]);
+        }
+        self.drain_into(&mut p, true, rec)
+    }
+
+    /// Objects staged since the last checkpoint, discarded when a step fails: a retry or
+    /// resume starts from that checkpoint, stages them again and overwrites these.
+    pub fn discard_objects(&self) -> u64 {
+        let mut p = self.pending();
+        let n = p.staged;
+        p.staged = 0;
+        p.by_status = [0; 3];
+        p.sample.clear();
+        p.last_object = None;
         n
     }
 
@@ -85,34 +129,31 @@ impl StepEvents {
             return;
         }
         let step = self.step.clone();
-        let result = self.handle.update(|rec| {
-            let mut events = self.drain_into(p, with_objects || checkpoint.is_some(), rec);
+        let result = self.handle.update_with_objects(|rec| {
+            let (mut events, segments) =
+                self.drain_into(p, with_objects || checkpoint.is_some(), rec);
             if let (Some(cp), Some(s)) = (checkpoint, rec.step_mut(&step)) {
                 s.checkpoint = Some(cp);
             }
             events.shrink_to_fit();
-            (events, ())
+            (events, segments, ())
         });
         if let Err(e) = result {
             tracing::error!(job = %self.handle.lock().id, error = %e, "could not record step events");
+            p.failure.get_or_insert(e);
         }
     }
 
-    fn drain(&self, p: &mut Pending, with_objects: bool, rec: &mut JobRecord) -> Vec<EventBody> {
-        if !self.tracking {
-            return vec![];
-        }
-        self.drain_into(p, with_objects, rec)
-    }
-
-    /// Move pending events into `rec`, returning the feed events for them.
+    /// Move pending events into `rec`, returning the feed events and the object segment.
     fn drain_into(
         &self,
         p: &mut Pending,
         with_objects: bool,
         rec: &mut JobRecord,
-    ) -> Vec<EventBody> {
+    ) -> (Vec<EventBody>, Vec<ObjectSegment>) {
         let mut events = Vec::new();
+        let mut segments = Vec::new();
+        p.log_bytes = 0;
         for (level, message) in p.logs.drain(..) {
             events.push(EventBody::Log {
                 level,
@@ -121,27 +162,35 @@ impl StepEvents {
                 message,
             });
         }
-        if with_objects && !p.objects.is_empty() {
-            let results = std::mem::take(&mut p.objects);
-            for o in &results {
-                match o.status {
-                    ObjectStatus::Success => rec.counts.completed += 1,
-                    ObjectStatus::Error => rec.counts.failed += 1,
-                    ObjectStatus::Skipped => rec.counts.skipped += 1,
-                }
-            }
-            if let Some(last) = results.last() {
-                rec.current_object = Some(last.name.clone());
+        if with_objects && p.staged > 0 {
+            let mut committed = self.committed.lock().expect("committed lock");
+            let count = p.staged;
+            let [ok, failed, skipped] = std::mem::take(&mut p.by_status);
+            rec.counts.completed += ok;
+            rec.counts.failed += failed;
+            rec.counts.skipped += skipped;
+            crate::metrics::objects_recorded(ok, failed, skipped);
+            if let Some(last) = p.last_object.take() {
+                rec.current_object = Some(last);
             }
             let first_index = rec.object_index;
-            rec.object_index += results.len() as u64;
+            rec.object_index += count;
             if let Some(s) = rec.step_mut(&self.step) {
-                s.objects += results.len() as u64;
+                s.objects += count;
             }
+            segments.push(ObjectSegment {
+                first_index,
+                step: self.ordinal,
+                first_staged: *committed,
+                count,
+            });
+            *committed += count;
+            p.staged = 0;
             events.push(EventBody::Objects {
                 step: self.step.clone(),
                 first_index,
-                results,
+                count,
+                results: std::mem::take(&mut p.sample),
             });
         }
         if p.progress_dirty {
@@ -167,17 +216,50 @@ impl StepEvents {
             }
         }
         p.last_flush = Some(Instant::now());
-        events
+        (events, segments)
     }
 
     fn due(p: &Pending) -> bool {
-        p.last_flush.is_none_or(|t| t.elapsed() >= FLUSH_EVERY)
+        p.log_bytes >= MAX_PENDING_LOG_BYTES || p.last_flush.is_none_or(|t| t.elapsed() >= FLUSH_EVERY)
+    }
+
+    /// Stage `results` after those staged so far.
+    fn stage(&self, p: &mut Pending, results: Vec<ObjectResult>) {
+        let first = *self.committed.lock().expect("committed lock") + p.staged;
+        let at = Utc::now();
+        let staged: Vec<StagedObject> = results
+            .into_iter()
+            .map(|result| StagedObject { at, result })
+            .collect();
+        let id = self.handle.lock().id.clone();
+        if let Err(e) = self
+            .handle
+            .store()
+            .stage_objects(&id, self.ordinal, first, &staged)
+        {
+            tracing::error!(job = %id, error = %e, "could not stage object results");
+            p.failure.get_or_insert(e);
+            return;
+        }
+        for o in staged {
+            p.by_status[match o.result.status {
+                ObjectStatus::Success => 0,
+                ObjectStatus::Error => 1,
+                ObjectStatus::Skipped => 2,
+            }] += 1;
+            p.staged += 1;
+            p.last_object = Some(o.result.name.clone());
+            if p.sample.len() < OBJECTS_PER_EVENT {
+                p.sample.push(o.result);
+            }
+        }
     }
 }
 
 impl JobEvents for StepEvents {
     fn log(&self, level: LogLevel, message: String) {
         let mut p = self.pending();
+        p.log_bytes += message.len();
         p.logs.push((level, message));
         if Self::due(&p) {
             self.commit(&mut p, None, false);
@@ -195,7 +277,8 @@ impl JobEvents for StepEvents {
 
     fn objects(&self, results: Vec<ObjectResult>) {
         if self.tracking {
-            self.pending().objects.extend(results);
+            let mut p = self.pending();
+            self.stage(&mut p, results);
         }
     }
 

@@ -57,6 +57,10 @@ pub enum PluginFailure {
     Instantiate { message: String },
     #[error("finished, but its connector work could not be made durable: {message}")]
     Connector { message: String },
+    #[error("exceeded a limit: {message}")]
+    LimitExceeded { message: String },
+    #[error("stopped: the host's database is damaged ({message})")]
+    DataCorruption { message: String },
 }
 
 fn humanize(d: Duration) -> String {
@@ -89,6 +93,8 @@ impl PluginFailure {
             PluginFailure::WriteDenied { .. } => "write-denied",
             PluginFailure::Instantiate { .. } => "instantiate",
             PluginFailure::Connector { .. } => "connector",
+            PluginFailure::LimitExceeded { .. } => "limit-exceeded",
+            PluginFailure::DataCorruption { .. } => "data-corruption",
         }
     }
 }

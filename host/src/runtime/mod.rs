@@ -23,7 +23,7 @@ pub use cache::CacheOutcome;
 pub use error::{Call, LoadError, PluginError, PluginFailure};
 pub use events::{ForceStop, JobEvents, NoEvents};
 pub use plugin::{HandlerResult, JobContext, LoadedPlugin, PluginSummary};
-pub use registry::{PluginRegistry, PluginRequirement, RegistryError};
+pub use registry::{PluginRegistry, PluginRequirement, Publisher, RegistryError};
 pub use sandbox::SandboxLimits;
 
 use cache::ArtifactCache;

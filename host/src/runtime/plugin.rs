@@ -5,7 +5,7 @@ use super::clock::WaitLimit;
 use super::contract::v0_1::{self, HandlerPlugin, HandlerPluginPre};
 use super::error::{Call, PluginError, PluginFailure};
 use super::events::{ForceStop, JobEvents};
-use super::host_imports::{Access, CallState, ConnectorFailure, JobScope};
+use super::host_imports::{Access, CallState, ConnectorFailure, JobScope, LimitExceeded, StoreCorruption};
 use super::sandbox::{CallLimiter, GuestStderr, SandboxLimits, wasi_context};
 use crate::connectors::Grants;
 use crate::model;
@@ -415,6 +415,16 @@ fn classify(
     }
     if let Some(ConnectorFailure(message)) = err.downcast_ref::<ConnectorFailure>() {
         return PluginFailure::Connector {
+            message: message.clone(),
+        };
+    }
+    if let Some(StoreCorruption(message)) = err.downcast_ref::<StoreCorruption>() {
+        return PluginFailure::DataCorruption {
+            message: message.clone(),
+        };
+    }
+    if let Some(LimitExceeded(message)) = err.downcast_ref::<LimitExceeded>() {
+        return PluginFailure::LimitExceeded {
             message: message.clone(),
         };
     }

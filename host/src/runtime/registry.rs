@@ -25,6 +25,38 @@ pub enum RegistryError {
         version: String,
         existing: String,
     },
+    #[error(
+        "the plugin name '{name}' belongs to another publisher ({owner}); an admin may take it over explicitly (claim)"
+    )]
+    NameOwned { name: String, owner: String },
+}
+
+/// Who a plugin comes from. A name belongs to the publisher of its first loaded version: a
+/// plugin from another publisher may not take it (and so capture jobs that ask for it by
+/// name and semver range) unless an admin claims it explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Publisher {
+    /// Loaded from the host's plugin directories at start-up.
+    Bundled,
+    /// Uploaded through the API by an admin.
+    Uploaded,
+}
+
+impl std::fmt::Display for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Publisher::Bundled => "bundled with the host",
+            Publisher::Uploaded => "uploaded",
+        })
+    }
+}
+
+/// A loaded plugin and who published it.
+#[derive(Clone)]
+struct Entry {
+    plugin: Arc<LoadedPlugin>,
+    publisher: Publisher,
 }
 
 /// A parsed `name@requirement`.
@@ -58,7 +90,7 @@ impl std::str::FromStr for PluginRequirement {
 
 #[derive(Default)]
 pub struct PluginRegistry {
-    plugins: RwLock<BTreeMap<String, BTreeMap<Version, Arc<LoadedPlugin>>>>,
+    plugins: RwLock<BTreeMap<String, BTreeMap<Version, Entry>>>,
 }
 
 impl PluginRegistry {
@@ -66,23 +98,67 @@ impl PluginRegistry {
         Self::default()
     }
 
-    /// Add a plugin. Loading the same bytes twice is a no-op; the same name and version with
-    /// other bytes is refused.
+    /// Add a plugin bundled with the host (see [`PluginRegistry::insert_from`]).
     pub fn insert(&self, plugin: Arc<LoadedPlugin>) -> Result<Arc<LoadedPlugin>, RegistryError> {
+        self.insert_from(plugin, Publisher::Bundled, false)
+    }
+
+    /// Add a plugin from `publisher`. Loading the same bytes twice is a no-op; the same name
+    /// and version with other bytes is refused, and so is a name another publisher owns unless
+    /// `claim` (then every version of the name belongs to `publisher` from now on).
+    pub fn insert_from(
+        &self,
+        plugin: Arc<LoadedPlugin>,
+        publisher: Publisher,
+        claim: bool,
+    ) -> Result<Arc<LoadedPlugin>, RegistryError> {
         let mut all = self.plugins.write().expect("registry lock");
         let versions = all.entry(plugin.name().to_string()).or_default();
         if let Some(existing) = versions.get(plugin.version()) {
-            if existing.sha256() == plugin.sha256() {
-                return Ok(existing.clone());
+            if existing.plugin.sha256() == plugin.sha256() {
+                return Ok(existing.plugin.clone());
             }
             return Err(RegistryError::VersionConflict {
                 name: plugin.name().to_string(),
                 version: plugin.version().to_string(),
-                existing: existing.sha256().to_string(),
+                existing: existing.plugin.sha256().to_string(),
             });
         }
-        versions.insert(plugin.version().clone(), plugin.clone());
+        if let Some(other) = versions.values().find(|e| e.publisher != publisher) {
+            if !claim {
+                return Err(RegistryError::NameOwned {
+                    name: plugin.name().to_string(),
+                    owner: other.publisher.to_string(),
+                });
+            }
+            for e in versions.values_mut() {
+                e.publisher = publisher.clone();
+            }
+        }
+        versions.insert(
+            plugin.version().clone(),
+            Entry {
+                plugin: plugin.clone(),
+                publisher,
+            },
+        );
         Ok(plugin)
+    }
+
+    /// Who published the plugin named `name`.
+    pub fn publisher(&self, name: &str) -> Option<Publisher> {
+        let all = self.plugins.read().expect("registry lock");
+        all.get(name)
+            .and_then(|v| v.values().next())
+            .map(|e| e.publisher.clone())
+    }
+
+    /// Exactly `name@version` (build metadata included), if loaded.
+    pub fn exact(&self, name: &str, version: &Version) -> Option<Arc<LoadedPlugin>> {
+        let all = self.plugins.read().expect("registry lock");
+        all.get(name)
+            .and_then(|v| v.get(version))
+            .map(|e| e.plugin.clone())
     }
 
     /// The highest loaded version matching `requirement` (e.g. `kv-copy@^1.2` or `kv-copy`).
@@ -96,7 +172,7 @@ impl PluginRegistry {
             .iter()
             .rev()
             .find(|(v, _)| req.version.matches(v))
-            .map(|(_, p)| p.clone())
+            .map(|(_, e)| e.plugin.clone())
             .ok_or_else(|| RegistryError::NoMatchingVersion {
                 name: req.name.clone(),
                 requirement: req.version.to_string(),
@@ -112,14 +188,16 @@ impl PluginRegistry {
         let all = self.plugins.read().expect("registry lock");
         all.values()
             .flat_map(|v| v.values())
-            .find(|p| p.sha256() == sha256)
-            .cloned()
+            .find(|e| e.plugin.sha256() == sha256)
+            .map(|e| e.plugin.clone())
     }
 
     /// Every loaded plugin, by name then version.
     pub fn list(&self) -> Vec<Arc<LoadedPlugin>> {
         let all = self.plugins.read().expect("registry lock");
-        all.values().flat_map(|v| v.values().cloned()).collect()
+        all.values()
+            .flat_map(|v| v.values().map(|e| e.plugin.clone()))
+            .collect()
     }
 
     /// Forget `name@version`; returns it if it was loaded.
@@ -130,7 +208,7 @@ impl PluginRegistry {
         if versions.is_empty() {
             all.remove(name);
         }
-        removed
+        removed.map(|e| e.plugin)
     }
 }
 

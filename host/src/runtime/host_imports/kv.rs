@@ -1,7 +1,7 @@
 //! `kv`: granted buckets, and the job's private state bucket.
 
 use super::{CallState, Refusal};
-use crate::connectors::{KvBackendError, KvBucket, MAX_BATCH};
+use crate::connectors::{KvBackendError, KvBucket, KvFailure, MAX_BATCH};
 use crate::runtime::contract::v0_1::plover::migration::kv;
 use std::sync::Arc;
 use wasmtime::component::Resource;
@@ -22,8 +22,17 @@ fn check_batch(len: usize) -> Result<(), kv::KvError> {
     }
 }
 
-fn backend_error(e: KvBackendError) -> kv::KvError {
-    kv::KvError::Backend(e.0)
+/// A backend's answer as the guest sees it. Damage to the host's own database is not the
+/// plugin's to handle: it stops the call, reported as data corruption (not retryable).
+fn answer<T>(r: Result<T, KvBackendError>) -> wasmtime::Result<Result<T, kv::KvError>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) => match e.kind {
+            KvFailure::Backend => Ok(Err(kv::KvError::Backend(e.message))),
+            KvFailure::QuotaExceeded => Ok(Err(kv::KvError::InvalidArgument(e.message))),
+            KvFailure::Corrupt => Err(super::StoreCorruption(e.message).into()),
+        },
+    }
 }
 
 impl CallState {
@@ -93,10 +102,7 @@ impl kv::HostBucket for CallState {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
         let (_, bucket) = self.bucket(&h)?;
-        Ok(bucket
-            .get_many(&[key])
-            .map(|mut v| v.pop().flatten())
-            .map_err(backend_error))
+        answer(bucket.get_many(&[key]).map(|mut v| v.pop().flatten()))
     }
 
     fn set(
@@ -125,7 +131,7 @@ impl kv::HostBucket for CallState {
         if let Err(e) = check_batch(keys.len()) {
             return Ok(Err(e));
         }
-        Ok(bucket.get_many(&keys).map_err(backend_error))
+        answer(bucket.get_many(&keys))
     }
 
     fn set_many(
@@ -133,9 +139,10 @@ impl kv::HostBucket for CallState {
         h: Resource<OpenBucket>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), kv::KvError>> {
-        Ok(self
-            .writable(&h, "set", entries.len())?
-            .and_then(|b| b.set_many(&entries).map_err(backend_error)))
+        match self.writable(&h, "set", entries.len())? {
+            Ok(b) => answer(b.set_many(&entries)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn delete_many(
@@ -143,9 +150,10 @@ impl kv::HostBucket for CallState {
         h: Resource<OpenBucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<u64, kv::KvError>> {
-        Ok(self
-            .writable(&h, "delete", keys.len())?
-            .and_then(|b| b.delete_many(&keys).map_err(backend_error)))
+        match self.writable(&h, "delete", keys.len())? {
+            Ok(b) => answer(b.delete_many(&keys)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn scan(
@@ -157,13 +165,14 @@ impl kv::HostBucket for CallState {
     ) -> wasmtime::Result<Result<kv::ScanPage, kv::KvError>> {
         let (_, bucket) = self.bucket(&h)?;
         let limit = (limit as usize).clamp(1, MAX_BATCH);
-        Ok(bucket
-            .scan(&prefix, cursor.as_deref(), limit)
-            .map(|p| kv::ScanPage {
-                entries: p.entries,
-                next_cursor: p.next_cursor,
-            })
-            .map_err(backend_error))
+        answer(
+            bucket
+                .scan(&prefix, cursor.as_deref(), limit)
+                .map(|p| kv::ScanPage {
+                    entries: p.entries,
+                    next_cursor: p.next_cursor,
+                }),
+        )
     }
 
     fn count(
@@ -172,7 +181,7 @@ impl kv::HostBucket for CallState {
         prefix: String,
     ) -> wasmtime::Result<Result<u64, kv::KvError>> {
         let (_, bucket) = self.bucket(&h)?;
-        Ok(bucket.count(&prefix).map_err(backend_error))
+        answer(bucket.count(&prefix))
     }
 
     fn ttl_many(
@@ -184,7 +193,7 @@ impl kv::HostBucket for CallState {
         if let Err(e) = check_batch(keys.len()) {
             return Ok(Err(e));
         }
-        Ok(bucket.ttl_many(&keys).map_err(backend_error))
+        answer(bucket.ttl_many(&keys))
     }
 
     fn set_many_with_ttl(
@@ -192,14 +201,15 @@ impl kv::HostBucket for CallState {
         h: Resource<OpenBucket>,
         entries: Vec<(String, Vec<u8>, Option<u64>)>,
     ) -> wasmtime::Result<Result<(), kv::KvError>> {
-        Ok(self.writable(&h, "set", entries.len())?.and_then(|b| {
-            if !b.supports_expiry() && entries.iter().any(|(_, _, ttl)| ttl.is_some()) {
-                return Err(kv::KvError::InvalidArgument(
+        match self.writable(&h, "set", entries.len())? {
+            Ok(b) if !b.supports_expiry() && entries.iter().any(|(_, _, ttl)| ttl.is_some()) => {
+                Ok(Err(kv::KvError::InvalidArgument(
                     "this bucket's backend has no key expiry".into(),
-                ));
+                )))
             }
-            b.set_many_with_ttl(&entries).map_err(backend_error)
-        }))
+            Ok(b) => answer(b.set_many_with_ttl(&entries)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn drop(&mut self, h: Resource<OpenBucket>) -> wasmtime::Result<()> {

@@ -50,6 +50,12 @@ pub(crate) struct JobScope {
 #[error("{0}")]
 pub(crate) struct ConnectorFailure(pub String);
 
+/// The host's own database is damaged: raised as a trap so the call stops, reported as data
+/// corruption rather than as something the plugin could retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct StoreCorruption(pub String);
+
 /// Longest log line kept; longer ones are cut (a guest cannot flood the host's memory).
 const MAX_LOG_LINE: usize = 64 * 1024;
 
@@ -201,3 +207,9 @@ impl job::Host for CallState {
         Ok(self.job.as_ref().and_then(|j| j.checkpoint.clone()))
     }
 }
+
+/// A plugin passed the host more than a documented bound allows in one call (see
+/// `runtime::bounds`): the call stops with this, naming the import and the bound.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct LimitExceeded(pub String);

@@ -1,0 +1,542 @@
+//! [`JobStore`] on sled. One tree holds every job, so one `apply_batch` is one atomic commit,
+//! and [`GroupFlush`] makes it durable before `commit` returns. See [`keys`] for the layout.
+
+mod group_flush;
+mod job_state;
+mod keys;
+
+pub use group_flush::GroupFlush;
+pub use job_state::SledJobState;
+
+use super::{
+    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StagedObject,
+    StoreError, StoredObject,
+};
+use crate::engine::job::{EventBody, FeedEvent, JobRecord, JobSummary};
+use crate::engine::state::JobStatus;
+use keys::IndexMeta;
+use std::sync::{Arc, Mutex};
+
+pub struct SledJobStore {
+    tree: sled::Tree,
+    flush: Arc<GroupFlush>,
+    job_state: SledJobState,
+    /// Held while index entries and counters move, so counters stay exact.
+    index_lock: Mutex<()>,
+}
+
+/// A sled error, classified: corruption is reported as such, everything else may pass.
+pub(crate) fn sled_error(what: &str, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => {
+            StoreError::corrupt(format!("{what}: the embedded database is corrupt ({e})"))
+        }
+        other => StoreError::unavailable(format!("{what}: {other}")),
+    }
+}
+
+fn json_error(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::corrupt(format!("{what}: {e}"))
+}
+
+/// How many keys one batch of a bulk deletion removes.
+const DELETE_CHUNK: usize = 10_000;
+
+impl SledJobStore {
+    /// The job store of `flush`'s database. Finishes deletions a crash interrupted.
+    pub fn open(flush: Arc<GroupFlush>) -> Result<Self, StoreError> {
+        let db = flush.db().clone();
+        let tree = db
+            .open_tree("plover/jobs")
+            .map_err(|e| sled_error("opening the job tree", e))?;
+        let job_state = SledJobState::open(flush.clone())?;
+        let store = SledJobStore {
+            tree,
+            flush,
+            job_state,
+            index_lock: Mutex::new(()),
+        };
+        for item in store.tree.scan_prefix(keys::TOMBSTONES).keys() {
+            let k = item.map_err(|e| sled_error("reading pending deletions", e))?;
+            let id = String::from_utf8_lossy(&k[keys::TOMBSTONES.len()..]).into_owned();
+            store.remove_bulk(&id)?;
+        }
+        Ok(store)
+    }
+
+    /// The job store of `db`, with a group flush of its own (one per database: share it with
+    /// [`SledJobStore::open`] when other parts of the host write the same database).
+    pub fn open_db(db: &sled::Db) -> Result<Self, StoreError> {
+        Self::open(Arc::new(GroupFlush::new(db.clone())))
+    }
+
+    /// The jobs' private state buckets, kept in the same database.
+    pub fn job_state(&self) -> SledJobState {
+        self.job_state.clone()
+    }
+
+    /// Set how many bytes each job's state bucket may hold.
+    pub fn with_job_state_quota(mut self, bytes: u64) -> Self {
+        self.job_state = self.job_state.with_quota(bytes);
+        self
+    }
+
+    /// Read every key of the database (sled checks each page's checksum as it reads it) and
+    /// every job record, quarantining records that cannot be read back. Run at start-up, so
+    /// damage is reported as such then, not as a failure of some later call.
+    pub fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        let started = std::time::Instant::now();
+        self.flush
+            .db()
+            .checksum()
+            .map_err(|e| sled_error("checking the database", e))?;
+        let mut report = IntegrityReport::default();
+        let mut unreadable = vec![];
+        for item in self.tree.scan_prefix(b"j/") {
+            let (k, v) = item.map_err(|e| sled_error("checking job records", e))?;
+            report.records += 1;
+            if let Err(e) = serde_json::from_slice::<JobRecord>(&v) {
+                unreadable.push((String::from_utf8_lossy(&k[2..]).into_owned(), e.to_string()));
+            }
+        }
+        for (id, reason) in unreadable {
+            self.quarantine(&id, &reason)?;
+            report.quarantined.push(id);
+        }
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    fn meta(&self, id: &str) -> Result<Option<IndexMeta>, StoreError> {
+        match self
+            .tree
+            .get(keys::meta(id))
+            .map_err(|e| sled_error("reading a job's index entry", e))?
+        {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|e| json_error("a job's index entry", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(|e| sled_error("reading a counter", e))?
+            .map(|v| keys::tail_number(&v))
+            .unwrap_or(0))
+    }
+
+    /// Put into `batch` the index moves and counter changes from `old` to `new` (either may
+    /// be absent). Call with `index_lock` held until the batch is applied.
+    fn move_indexes(
+        &self,
+        batch: &mut sled::Batch,
+        id: &str,
+        old: Option<&IndexMeta>,
+        new: Option<&IndexMeta>,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            for k in old.index_keys(id) {
+                batch.remove(k);
+            }
+            let c = keys::counter(&old.plugin, old.status);
+            let n = self.counter(&c)?.saturating_sub(1);
+            batch.insert(c, &n.to_be_bytes()[..]);
+        }
+        if let Some(new) = new {
+            for k in new.index_keys(id) {
+                batch.insert(k, &[][..]);
+            }
+            let c = keys::counter(&new.plugin, new.status);
+            // Same counter as the old one: count from what was just decremented.
+            let base = match old {
+                Some(o) if keys::counter(&o.plugin, o.status) == c => {
+                    self.counter(&c)?.saturating_sub(1)
+                }
+                _ => self.counter(&c)?,
+            };
+            batch.insert(c, &(base + 1).to_be_bytes()[..]);
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: sled::Batch, what: &str) -> Result<(), StoreError> {
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| sled_error(what, e))?;
+        self.flush.sync()
+    }
+
+    /// Keep an unreadable record aside: out of every index and count, its bytes saved.
+    fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        tracing::error!(job = id, reason, "quarantining a job record that cannot be read back");
+        let raw = self
+            .tree
+            .get(keys::record(id))
+            .map_err(|e| sled_error("reading a record", e))?;
+        let _guard = self.index_lock.lock().expect("index lock");
+        let mut batch = sled::Batch::default();
+        let meta = self.meta(id).unwrap_or(None);
+        self.move_indexes(&mut batch, id, meta.as_ref(), None)?;
+        batch.remove(keys::record(id));
+        batch.remove(keys::meta(id));
+        batch.remove(keys::summary(id));
+        if let Some(raw) = raw {
+            batch.insert(keys::quarantined_bytes(id), raw);
+        }
+        let entry = Quarantined {
+            id: id.to_string(),
+            reason: reason.chars().take(1000).collect(),
+            at: chrono::Utc::now(),
+        };
+        batch.insert(
+            keys::quarantine(id),
+            serde_json::to_vec(&entry).expect("serialises"),
+        );
+        self.apply(batch, "quarantining a record")
+    }
+
+    /// Remove everything of a deleted job but its tombstone, chunk by chunk, then the tombstone.
+    fn remove_bulk(&self, id: &str) -> Result<(), StoreError> {
+        for prefix in ["e", "l", "r", "g"] {
+            loop {
+                let chunk: Vec<sled::IVec> = self
+                    .tree
+                    .scan_prefix(keys::numbered_prefix(prefix, id))
+                    .keys()
+                    .take(DELETE_CHUNK)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| sled_error("deleting a job", e))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut batch = sled::Batch::default();
+                for k in chunk {
+                    batch.remove(k);
+                }
+                self.tree
+                    .apply_batch(batch)
+                    .map_err(|e| sled_error("deleting a job", e))?;
+            }
+        }
+        self.job_state.remove_all(id)?;
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::tombstone(id));
+        self.apply(batch, "deleting a job")
+    }
+
+    fn decode_event(&self, v: &[u8]) -> Result<FeedEvent, StoreError> {
+        serde_json::from_slice(v).map_err(|e| json_error("an event", e))
+    }
+
+    fn segment_at_or_before(
+        &self,
+        id: &str,
+        index: u64,
+    ) -> Result<Option<(u64, ObjectSegment)>, StoreError> {
+        let prefix = keys::numbered_prefix("g", id);
+        match self
+            .tree
+            .range(prefix.clone()..=keys::numbered("g", id, index))
+            .next_back()
+        {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| sled_error("reading object results", e))?;
+                let seg: ObjectSegment =
+                    serde_json::from_slice(&v).map_err(|e| json_error("a result segment", e))?;
+                Ok(Some((keys::tail_number(&k), seg)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the start-up check found.
+#[derive(Debug, Default)]
+pub struct IntegrityReport {
+    pub records: u64,
+    pub quarantined: Vec<String>,
+    pub took: std::time::Duration,
+}
+
+impl JobStore for SledJobStore {
+    fn commit(&self, c: Commit<'_>) -> Result<(), StoreError> {
+        let id = &c.record.id;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            keys::record(id),
+            serde_json::to_vec(c.record).map_err(|e| json_error("a record", e))?,
+        );
+        let summary = crate::engine::job::summary(c.record);
+        batch.insert(
+            keys::summary(id),
+            serde_json::to_vec(&summary).map_err(|e| json_error("a summary", e))?,
+        );
+        for e in c.append {
+            batch.insert(
+                keys::numbered("e", id, e.seq),
+                serde_json::to_vec(e).map_err(|e| json_error("an event", e))?,
+            );
+            if let EventBody::Log { .. } = &e.body {
+                batch.insert(keys::numbered("l", id, e.seq), &[][..]);
+            }
+        }
+        for &seq in c.drop_logs {
+            batch.remove(keys::numbered("e", id, seq));
+            batch.remove(keys::numbered("l", id, seq));
+        }
+        for seg in c.segments {
+            batch.insert(
+                keys::numbered("g", id, seg.first_index),
+                serde_json::to_vec(seg).expect("serialises"),
+            );
+        }
+        let meta = IndexMeta {
+            status: c.record.status,
+            plugin: c.record.plugin.name.clone(),
+            created: c.record.created_at.timestamp_micros(),
+        };
+        let old = self.meta(id)?;
+        if old.as_ref() == Some(&meta) {
+            return self.apply(batch, "committing a job");
+        }
+        let _guard = self.index_lock.lock().expect("index lock");
+        self.move_indexes(&mut batch, id, old.as_ref(), Some(&meta))?;
+        batch.insert(
+            keys::meta(id),
+            serde_json::to_vec(&meta).expect("serialises"),
+        );
+        self.apply(batch, "committing a job")
+    }
+
+    fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let Some(v) = self
+            .tree
+            .get(keys::record(id))
+            .map_err(|e| sled_error("reading a job", e))?
+        else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&v) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                self.quarantine(id, &format!("unreadable record: {e}"))?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn list(&self, q: &JobQuery) -> Result<JobSummaries, StoreError> {
+        let prefix = keys::index_prefix(q.status, q.plugin.as_deref());
+        let upper = match &q.cursor {
+            Some(c) => {
+                let suffix = hex::decode(c)
+                    .map_err(|_| StoreError::unavailable("the cursor is not one this server made"))?;
+                [prefix.clone(), suffix].concat()
+            }
+            None => keys::prefix_end(&prefix),
+        };
+        let mut items = Vec::with_capacity(q.limit.min(500));
+        let mut last_suffix = None;
+        let mut more = false;
+        for item in self.tree.range(prefix.clone()..upper).rev().skip(q.offset) {
+            let (k, _) = item.map_err(|e| sled_error("listing jobs", e))?;
+            if items.len() == q.limit {
+                more = true;
+                break;
+            }
+            let suffix = &k[prefix.len()..];
+            let id = String::from_utf8_lossy(&suffix[8..]).into_owned();
+            let Some(v) = self
+                .tree
+                .get(keys::summary(&id))
+                .map_err(|e| sled_error("listing jobs", e))?
+            else {
+                continue;
+            };
+            let summary: JobSummary =
+                serde_json::from_slice(&v).map_err(|e| json_error("a job summary", e))?;
+            items.push(summary);
+            last_suffix = Some(suffix.to_vec());
+        }
+        Ok(JobSummaries {
+            items,
+            next_cursor: if more { last_suffix.map(hex::encode) } else { None },
+        })
+    }
+
+    fn count(&self, status: Option<JobStatus>, plugin: Option<&str>) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for item in self.tree.scan_prefix(keys::COUNTERS) {
+            let (k, v) = item.map_err(|e| sled_error("counting jobs", e))?;
+            let text = String::from_utf8_lossy(&k[keys::COUNTERS.len()..]).into_owned();
+            let Some((p, s)) = text.split_once('\0') else {
+                continue;
+            };
+            if plugin.is_some_and(|want| want != p) || status.is_some_and(|want| want.as_str() != s)
+            {
+                continue;
+            }
+            total += keys::tail_number(&v);
+        }
+        Ok(total)
+    }
+
+    fn ids_with_status(
+        &self,
+        statuses: &[JobStatus],
+        plugin: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = vec![];
+        for &status in statuses {
+            let prefix = keys::index_prefix(Some(status), plugin);
+            for item in self.tree.scan_prefix(&prefix).keys() {
+                let k = item.map_err(|e| sled_error("finding jobs", e))?;
+                out.push(String::from_utf8_lossy(&k[prefix.len() + 8..]).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn events_after(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(vec![]);
+        };
+        let end = keys::prefix_end(&keys::numbered_prefix("e", id));
+        self.tree
+            .range(keys::numbered("e", id, from)..end)
+            .take(limit)
+            .map(|r| {
+                r.map_err(|e| sled_error("reading events", e))
+                    .and_then(|(_, v)| self.decode_event(&v))
+            })
+            .collect()
+    }
+
+    fn logs_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(vec![]);
+        };
+        let end = keys::prefix_end(&keys::numbered_prefix("l", id));
+        let mut out = vec![];
+        for r in self.tree.range(keys::numbered("l", id, from)..end).keys() {
+            if out.len() == limit {
+                break;
+            }
+            let k = r.map_err(|e| sled_error("reading logs", e))?;
+            let seq = keys::tail_number(&k);
+            if let Some(v) = self
+                .tree
+                .get(keys::numbered("e", id, seq))
+                .map_err(|e| sled_error("reading logs", e))?
+            {
+                out.push(self.decode_event(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn stage_objects(
+        &self,
+        id: &str,
+        step: u32,
+        first_staged: u64,
+        objects: &[StagedObject],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (i, o) in objects.iter().enumerate() {
+            batch.insert(
+                keys::staged(id, step, first_staged + i as u64),
+                serde_json::to_vec(o).map_err(|e| json_error("an object result", e))?,
+            );
+        }
+        // Not synced: the commit that makes them visible flushes them with it (sled's log is
+        // written in order, so what a durable commit follows is durable too).
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| sled_error("staging object results", e))
+    }
+
+    fn objects_from(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(5000));
+        let Some((mut first, mut seg)) = self.segment_at_or_before(id, from)? else {
+            // Segments cover positions from 0 without gaps: none at or before `from`, none at all.
+            return Ok(out);
+        };
+        let mut next = from;
+        loop {
+            let end = first + seg.count;
+            while next < end && out.len() < limit {
+                let staged = seg.first_staged + (next - first);
+                let v = self
+                    .tree
+                    .get(keys::staged(id, seg.step, staged))
+                    .map_err(|e| sled_error("reading object results", e))?
+                    .ok_or_else(|| {
+                        StoreError::corrupt(format!("object result {next} of job {id} is missing"))
+                    })?;
+                out.push(StoredObject {
+                    index: next,
+                    step: seg.step,
+                    object: serde_json::from_slice(&v)
+                        .map_err(|e| json_error("an object result", e))?,
+                });
+                next += 1;
+            }
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            next = next.max(end);
+            match self.segment_at_or_before(id, next)? {
+                Some((f, s)) if f + s.count > next => {
+                    first = f;
+                    seg = s;
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn delete(&self, id: &str) -> Result<(), StoreError> {
+        {
+            let _guard = self.index_lock.lock().expect("index lock");
+            let mut batch = sled::Batch::default();
+            let meta = self.meta(id)?;
+            self.move_indexes(&mut batch, id, meta.as_ref(), None)?;
+            batch.remove(keys::record(id));
+            batch.remove(keys::meta(id));
+            batch.remove(keys::summary(id));
+            batch.insert(keys::tombstone(id), &[][..]);
+            self.apply(batch, "deleting a job")?;
+        }
+        self.remove_bulk(id)
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.tree
+            .scan_prefix(keys::QUARANTINE)
+            .values()
+            .map(|v| {
+                let v = v.map_err(|e| sled_error("reading quarantined records", e))?;
+                serde_json::from_slice(&v).map_err(|e| json_error("a quarantine entry", e))
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flush.sync()
+    }
+}
