@@ -72,13 +72,17 @@ fn load_plugins(
 pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
     let plugin_store = config.data_dir.join("plugins");
     std::fs::create_dir_all(&plugin_store)?;
-    let db = sled::Config::new()
-        .path(config.data_dir.join("db"))
-        .open()
-        .map_err(|e| {
-            anyhow::anyhow!("opening the database in {}: {e}", config.data_dir.display())
-        })?;
-    let flush = Arc::new(GroupFlush::new(db.clone()));
+    let db = crate::store::open_database(&config.data_dir.join("db")).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nRestore the data directory {} from a backup.",
+            config.data_dir.display()
+        )
+    })?;
+    let flush = Arc::new(
+        GroupFlush::with_stamp(db.clone(), &config.data_dir.join("durable-flushes")).map_err(
+            |e| anyhow::anyhow!("{e}\nThe data directory is {}.", config.data_dir.display()),
+        )?,
+    );
     let store = SledJobStore::open(flush.clone())?.with_job_state_quota(config.job_state_quota_bytes);
     if config.verify_on_start {
         let report = store.check_integrity().map_err(|e| {

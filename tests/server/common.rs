@@ -88,6 +88,36 @@ impl Server {
         }
     }
 
+    /// Run `plover serve` over `data_dir` expecting it to refuse to start: its exit status and
+    /// what it wrote to stderr.
+    pub fn start_failing(data_dir: &Path, plugins: &Path) -> (std::process::ExitStatus, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
+            .arg("serve")
+            .args(["--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--plugins-dir")
+            .arg(plugins)
+            .env("PLOVER_BOOTSTRAP_TOKEN", ADMIN)
+            .env("PLOVER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting plover");
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("the server started instead of refusing to");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// SIGKILL: no shutdown of any kind.
     pub fn kill(mut self) -> (PathBuf, PathBuf) {
         self.child.kill().unwrap();
@@ -137,6 +167,24 @@ impl Server {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(self.api(path))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// Create a migration; its id.
+    pub fn create(&self, body: &Value) -> String {
+        let (status, job) = self.post("/migrations", ADMIN, body);
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_str().unwrap().to_string()
     }
 
     /// The Prometheus text of `/metrics`.

@@ -5,4 +5,5 @@ mod api;
 mod cli;
 mod common;
 mod connectors;
+mod durability;
 mod kill;

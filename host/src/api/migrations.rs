@@ -43,7 +43,7 @@ pub struct ListQuery {
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs in this state"),
         ("handler" = Option<String>, Query, description = "Only jobs of this plugin"),
-        ("cursor" = Option<String>, Query, description = "Continue after this page (`next_cursor`)"),
+        ("cursor" = Option<String>, Query, pattern = "^([0-9a-f]{2})*$", description = "Continue after this page (`next_cursor`)"),
         ("offset" = Option<usize>, Query, description = "Skip this many"),
         ("limit" = Option<usize>, Query, description = "At most this many (1-500, default 50)")),
     responses((status = 200, description = "Newest first", body = JobPage)))]
@@ -56,6 +56,13 @@ pub async fn list(
         Some(st) => Some(st.parse::<JobStatus>().map_err(AppError::bad_request)?),
         None => None,
     };
+    if let Some(c) = &q.cursor
+        && hex::decode(c).is_err()
+    {
+        return Err(AppError::bad_request(
+            "cursor must be a next_cursor this API returned",
+        ));
+    }
     let engine = s.engine.clone();
     let filter = ListFilter {
         status,

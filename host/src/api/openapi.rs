@@ -141,5 +141,47 @@ impl Modify for ErrorResponses {
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations", operation_id = "openapi_document", security(()),
     responses((status = 200, description = "The OpenAPI document of this API", body = Object)))]
 pub async fn document() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+    static DOC: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+        bound_unsigned(&mut doc);
+        doc
+    });
+    Json(DOC.clone())
+}
+
+/// Give every unsigned integer its real range (`minimum` is there; `maximum` is not) and a
+/// format tools recognise (`uint64`, not utoipa's `u-int64`), so a generated client or a
+/// fuzzer knows, say, that an offset cannot exceed 2^64 - 1.
+fn bound_unsigned(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let unsigned_max: Option<u64> = match o.get("format").and_then(|f| f.as_str()) {
+                Some("u-int8") => Some(u8::MAX.into()),
+                Some("u-int16") => Some(u16::MAX.into()),
+                Some("u-int32") => Some(u32::MAX.into()),
+                Some("u-int64") => Some(u64::MAX),
+                None if o.get("type") == Some(&serde_json::json!("integer"))
+                    && o.get("minimum") == Some(&serde_json::json!(0)) =>
+                {
+                    Some(usize::MAX as u64)
+                }
+                _ => None,
+            };
+            if let Some(max) = unsigned_max {
+                o.entry("maximum").or_insert_with(|| serde_json::json!(max));
+                let bits = match max {
+                    m if m == u8::MAX as u64 => "uint8",
+                    m if m == u16::MAX as u64 => "uint16",
+                    m if m == u32::MAX as u64 => "uint32",
+                    _ => "uint64",
+                };
+                o.insert("format".into(), serde_json::json!(bits));
+            }
+            for child in o.values_mut() {
+                bound_unsigned(child);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(bound_unsigned),
+        _ => {}
+    }
 }

@@ -62,6 +62,7 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<impl IntoResponse
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// 1-64 letters, digits, dashes or underscores.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     name: String,
     role: Role,
 }

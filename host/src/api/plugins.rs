@@ -56,15 +56,17 @@ pub async fn list(
     Ok(Json(all))
 }
 
-/// The loaded plugin that is exactly `name@version`, or 400/404.
+/// The loaded plugin that is exactly `name@version` (a version that is not semver cannot be
+/// loaded, so it is not found either).
 fn exact(state: &AppState, name: &str, version: &str) -> Result<Arc<LoadedPlugin>, AppError> {
-    let shown = crate::engine::truncated(version, 64);
-    let v = Version::parse(version)
-        .map_err(|e| AppError::bad_request(format!("'{shown}' is not a semver version: {e}")))?;
-    state.engine.registry().exact(name, &v).ok_or_else(|| {
+    let found = Version::parse(version)
+        .ok()
+        .and_then(|v| state.engine.registry().exact(name, &v));
+    found.ok_or_else(|| {
         AppError::not_found(format!(
-            "no plugin {}@{shown} is loaded",
-            crate::engine::truncated(name, 64)
+            "no plugin {}@{} is loaded",
+            crate::engine::truncated(name, 64),
+            crate::engine::truncated(version, 64)
         ))
     })
 }
@@ -113,7 +115,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Validate, precompile and store a component; 201 with its summary (200 if already loaded).
 #[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", operation_id = "upload_plugin",
     params(("claim" = Option<bool>, Query, description = "Take over a plugin name that another publisher (e.g. the bundled plugins) owns")),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component's bytes (any content type is accepted, e.g. application/wasm)"),
     responses((status = 201, body = PluginView), (status = 200, description = "Already loaded", body = PluginView),
         (status = 409, description = "That name and version exist with other bytes, or the name belongs to another publisher", body = super::error::ErrorBody),
         (status = 422, description = "Not a compatible handler component", body = super::error::ErrorBody)))]

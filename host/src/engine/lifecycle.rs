@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 #[serde(deny_unknown_fields)]
 pub struct NewMigration {
     /// Plugin requirement, e.g. `kv-copy@^1`.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9_-]+(@.+)?$")]
     pub handler: String,
     /// Job kind; defaults to the handler's first kind.
     #[serde(default)]

@@ -36,7 +36,9 @@ impl fmt::Display for Call {
 pub enum PluginFailure {
     #[error("ran past its deadline of {}", humanize(*limit))]
     Deadline {
-        #[schema(value_type = Object)]
+        /// The deadline, in milliseconds.
+        #[serde(rename = "limit_ms", with = "super::sandbox::duration_millis")]
+        #[schema(value_type = u64)]
         limit: Duration,
     },
     #[error("was stopped by force (cancelled past its grace period)")]

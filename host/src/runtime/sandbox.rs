@@ -16,9 +16,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 pub struct SandboxLimits {
     /// The most linear memory one instance may hold, in bytes.
     pub memory_bytes: u64,
-    /// Wall-clock limit for one call (`plan`, `validate`, one `execute` of a step...).
+    /// Wall-clock limit for one call (`plan`, `validate`, one `execute` of a step...), in
+    /// milliseconds.
     #[serde(with = "duration_millis")]
-    #[schema(value_type = u64)]
+    #[schema(value_type = u64, default = 300000)]
     pub call_timeout: Duration,
     /// Fuel (roughly, wasm instructions) per call, when the runtime meters fuel.
     pub fuel: Option<u64>,
@@ -37,7 +38,7 @@ impl Default for SandboxLimits {
     }
 }
 
-mod duration_millis {
+pub(crate) mod duration_millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

@@ -17,7 +17,7 @@
 
 mod sled_store;
 
-pub use sled_store::{GroupFlush, IntegrityReport, SledJobState, SledJobStore};
+pub use sled_store::{GroupFlush, IntegrityReport, SledJobState, SledJobStore, open_database};
 
 /// How many bytes each job's private state bucket may hold unless configured otherwise.
 pub const DEFAULT_JOB_STATE_QUOTA: u64 = 1 << 30;

@@ -39,6 +39,33 @@ fn json_error(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::corrupt(format!("{what}: {e}"))
 }
 
+/// Open the sled database in `path`. sled panics on some kinds of damage instead of returning
+/// an error; that is caught here and reported as corruption, with the directory named.
+pub fn open_database(path: &std::path::Path) -> Result<sled::Db, StoreError> {
+    let what = format!("the database in {}", path.display());
+    without_panics(&what, || sled::Config::new().path(path).open())?
+        .map_err(|e| sled_error(&format!("opening {what}"), e))
+}
+
+/// Run `f`, turning a panic inside sled (its answer to some damage) into a corruption error.
+/// Only for start-up, single-threaded: the panic hook is silenced meanwhile.
+fn without_panics<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "no reason given".into());
+        StoreError::corrupt(format!(
+            "{what} is damaged: sled could not read it ({why})"
+        ))
+    })
+}
+
 /// How many keys one batch of a bulk deletion removes.
 const DELETE_CHUNK: usize = 10_000;
 
@@ -86,9 +113,8 @@ impl SledJobStore {
     /// damage is reported as such then, not as a failure of some later call.
     pub fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
         let started = std::time::Instant::now();
-        self.flush
-            .db()
-            .checksum()
+        let db = self.flush.db();
+        without_panics("the database", || db.checksum())?
             .map_err(|e| sled_error("checking the database", e))?;
         let mut report = IntegrityReport::default();
         let mut unreadable = vec![];
@@ -96,7 +122,10 @@ impl SledJobStore {
             let (k, v) = item.map_err(|e| sled_error("checking job records", e))?;
             report.records += 1;
             if let Err(e) = serde_json::from_slice::<JobRecord>(&v) {
-                unreadable.push((String::from_utf8_lossy(&k[2..]).into_owned(), e.to_string()));
+                unreadable.push((
+                    String::from_utf8_lossy(&k[2..]).into_owned(),
+                    format!("unreadable record: {e}"),
+                ));
             }
         }
         for (id, reason) in unreadable {
@@ -333,8 +362,8 @@ impl JobStore for SledJobStore {
         let prefix = keys::index_prefix(q.status, q.plugin.as_deref());
         let upper = match &q.cursor {
             Some(c) => {
-                let suffix = hex::decode(c)
-                    .map_err(|_| StoreError::unavailable("the cursor is not one this server made"))?;
+                // Any bytes are a position in the index; the API refuses what is not hex.
+                let suffix = hex::decode(c).unwrap_or_default();
                 [prefix.clone(), suffix].concat()
             }
             None => keys::prefix_end(&prefix),
