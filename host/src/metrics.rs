@@ -43,7 +43,9 @@ fn build() -> Metrics {
             "plover_step_duration_seconds",
             "Duration of completed steps (from the step's first start).",
         )
-        .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0]),
+        .buckets(vec![
+            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0,
+        ]),
     )
     .expect("valid metric");
     let call_seconds = Histogram::with_opts(
@@ -90,7 +92,9 @@ fn build() -> Metrics {
             "plover_store_commit_seconds",
             "Time to make a commit durable, by backend.",
         )
-        .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+        .buckets(vec![
+            0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+        ]),
         &["backend"],
     )
     .expect("valid metric");

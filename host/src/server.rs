@@ -37,7 +37,8 @@ fn load_plugins(
     bundled_dirs: &[std::path::PathBuf],
     plugin_store: &Path,
 ) -> anyhow::Result<()> {
-    let mut sources: Vec<(&Path, bool)> = bundled_dirs.iter().map(|d| (d.as_path(), true)).collect();
+    let mut sources: Vec<(&Path, bool)> =
+        bundled_dirs.iter().map(|d| (d.as_path(), true)).collect();
     sources.push((plugin_store, false));
     for (dir, bundled) in sources {
         if !dir.exists() {
@@ -83,7 +84,8 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
             |e| anyhow::anyhow!("{e}\nThe data directory is {}.", config.data_dir.display()),
         )?,
     );
-    let store = SledJobStore::open(flush.clone())?.with_job_state_quota(config.job_state_quota_bytes);
+    let store =
+        SledJobStore::open(flush.clone())?.with_job_state_quota(config.job_state_quota_bytes);
     if config.verify_on_start {
         let report = store.check_integrity().map_err(|e| {
             anyhow::anyhow!(

@@ -682,8 +682,13 @@ fn openapi_document_matches_the_routes() {
     let mut ids = std::collections::BTreeSet::new();
     for ops in paths.values() {
         for op in ops.as_object().unwrap().values() {
-            let id = op["operationId"].as_str().expect("every operation has an id");
-            assert!(ids.insert(id.to_string()), "operation id {id} is used twice");
+            let id = op["operationId"]
+                .as_str()
+                .expect("every operation has an id");
+            assert!(
+                ids.insert(id.to_string()),
+                "operation id {id} is used twice"
+            );
         }
     }
     // Every schema reference resolves.

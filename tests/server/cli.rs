@@ -114,3 +114,84 @@ fn client_errors_exit_with_status_two_and_a_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--params"), "{}", text(&out));
 }
+
+#[test]
+fn watch_follows_a_running_job_and_status_reads_like_a_report() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let s = Server::start(data.path(), plugins.path());
+    let id = plan(&s, r#"[{"id": "a", "batches": 60, "batch_ms": 10}]"#);
+    let out = plover(&s, &["run", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    s.wait_for(&id, |j| j["completed_objects"].as_u64().unwrap() > 0);
+
+    // Running already: `run --follow` follows it rather than failing, and so does `watch`.
+    let again = plover(&s, &["run", &id, "--follow"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("running already; following it"),
+        "{}",
+        text(&again)
+    );
+    let watched = plover(&s, &["watch", &id]);
+    assert!(watched.status.success(), "{}", text(&watched));
+    assert!(
+        text(&watched).contains("outcome: completed (60 objects completed"),
+        "{}",
+        text(&watched)
+    );
+
+    let status = plover(&s, &["status", &id]);
+    let report = text(&status);
+    assert!(status.status.success(), "{report}");
+    assert!(report.contains("status    completed  100.0%"), "{report}");
+    assert!(
+        report.contains("objects   60 completed, 0 failed, 0 skipped of 60"),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with("a ") && l.contains("completed")),
+        "{report}"
+    );
+    let json = plover(&s, &["status", &id, "--json"]);
+    let snapshot: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(snapshot["status"], "completed");
+
+    // Rollback and wait for its outcome.
+    let rolled = plover(&s, &["rollback", &id, "--wait"]);
+    assert!(rolled.status.success(), "{}", text(&rolled));
+    assert!(
+        text(&rolled).contains("outcome: rolled-back"),
+        "{}",
+        text(&rolled)
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let s = Server::start(data.path(), plugins.path());
+    let id = plan(&s, r#"[{"id": "a", "batches": 900, "batch_ms": 0}]"#);
+    plover(&s, &["run", &id]);
+    s.wait_for(&id, |j| j["status"] == "completed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
+        .args(["logs", &id])
+        .env("PLOVER_SERVER", &s.url)
+        .env("PLOVER_TOKEN", ADMIN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `| head -1`: read a little, then close the pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}

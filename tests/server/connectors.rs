@@ -61,6 +61,10 @@ fn session_move_over_the_api_with_host_configured_connections() {
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(job["plan"]["steps"][1]["expected_objects"], 2000);
+    assert_eq!(
+        job["total_objects"], 2000,
+        "the sessions to move, counted once"
+    );
     s.post(&format!("/migrations/{id}/validate"), ADMIN, &json!({}));
     s.wait_for(&id, |j| j["dry_run"]["passed"] == true);
     s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
@@ -69,6 +73,7 @@ fn session_move_over_the_api_with_host_configured_connections() {
     });
     assert_eq!(done["status"], "completed", "{}", done["errors"]);
     assert_eq!(done["completed_objects"], 2000);
+    assert_eq!(done["percentage"], 100.0);
     let rows: i64 = schema
         .client()
         .query_one(
@@ -212,6 +217,7 @@ fn a_sql_schema_run_killed_mid_migration_leaves_no_lock_behind() {
         &json!({ "handler": "sql-schema", "parameters": { "migrations": migrations }, "grants": { "db": "app-db" } }),
     );
     assert_eq!(status, 201, "{job}");
+    assert_eq!(job["total_objects"], 2, "one object per migration");
     let id = job["id"].as_str().unwrap().to_string();
     s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
     let started = Instant::now();
@@ -235,6 +241,7 @@ fn a_sql_schema_run_killed_mid_migration_leaves_no_lock_behind() {
         j["status"] == "completed" || j["status"] == "failed"
     });
     assert_eq!(done["status"], "completed", "{}", done["errors"]);
+    assert_eq!(done["percentage"], 100.0);
     let versions: Vec<i64> = schema
         .client()
         .query(

@@ -97,7 +97,10 @@ fn a_job_state_write_is_on_disk_before_the_plugin_writes_elsewhere() {
         if exists {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the step never wrote");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the step never wrote"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     // Killed the moment the outside write is seen.
@@ -198,7 +201,10 @@ fn input_too_deep_to_read_back_is_refused_and_start_up_survives_an_unreadable_re
         &json!({ "handler": "stepper", "parameters": { "steps": [], "deep": deep }, "grants": { "data": "data" } }),
     );
     assert_eq!(status, 422, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("levels deep"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("levels deep"),
+        "{body}"
+    );
     let kept = quick_stepper(&server);
     let broken = quick_stepper(&server);
     let (data_dir, plugin_dir) = server.kill();
@@ -223,7 +229,11 @@ fn input_too_deep_to_read_back_is_refused_and_start_up_survives_an_unreadable_re
     let quarantined = store.quarantined().unwrap();
     assert_eq!(quarantined.len(), 1);
     assert_eq!(quarantined[0].id, broken);
-    assert!(quarantined[0].reason.contains("unreadable"), "{:?}", quarantined[0]);
+    assert!(
+        quarantined[0].reason.contains("unreadable"),
+        "{:?}",
+        quarantined[0]
+    );
 }
 
 #[test]

@@ -6,4 +6,5 @@ mod cli;
 mod common;
 mod connectors;
 mod durability;
+mod hardening;
 mod kill;

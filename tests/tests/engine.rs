@@ -255,6 +255,13 @@ fn failing_step_rolls_back_completed_steps_in_reverse_order_and_restores_the_dat
     assert_eq!(done.errors.len(), 1);
     assert_eq!(done.errors[0].step.as_deref(), Some("c"));
     assert_eq!(done.errors[0].kind, "step-failed");
+    assert!(
+        env.log_messages(&job.id)
+            .iter()
+            .any(|m| m == "execute of step 'c' failed (step-failed): step c was told to fail"),
+        "the failure is in the job log too: {:?}",
+        env.log_messages(&job.id)
+    );
     assert_eq!(
         env.states(&job.id),
         [
@@ -581,6 +588,61 @@ fn eta_and_current_object_are_reported_while_executing() {
     );
     let done = env.settle(&job.id);
     assert_eq!(done.estimated_seconds_remaining, None);
+}
+
+#[test]
+fn progress_moves_with_the_work_reaches_100_only_at_the_end_and_the_eta_converges() {
+    let env = env();
+    // Two steps of different sizes: the bar weighs each by its work.
+    let job = env
+        .stepper(
+            json!([
+                { "id": "small", "batches": 4, "batch_ms": 50 },
+                { "id": "big", "after": ["small"], "batches": 16, "batch_ms": 100 }
+            ]),
+            json!({}),
+        )
+        .unwrap();
+    assert_eq!(job.total_objects, Some(20));
+    env.engine.execute(&job.id, "ops").unwrap();
+    let mut samples: Vec<(f64, Option<u64>)> = vec![];
+    loop {
+        let s = env.engine.snapshot(&job.id).unwrap();
+        if s.status != JobStatus::Executing {
+            break;
+        }
+        samples.push((s.percentage, s.estimated_seconds_remaining));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let done = env.settle(&job.id);
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.percentage, 100.0);
+    assert!(samples.len() > 20, "{} samples", samples.len());
+    assert!(
+        samples.windows(2).all(|w| w[0].0 <= w[1].0),
+        "the bar never goes back: {samples:?}"
+    );
+    assert!(
+        samples.iter().all(|(p, _)| *p < 100.0),
+        "100 only once every step completed"
+    );
+    let distinct: std::collections::BTreeSet<u64> =
+        samples.iter().map(|(p, _)| (*p * 10.0) as u64).collect();
+    assert!(
+        distinct.len() >= 10,
+        "the bar moves with each batch, not only per step: {distinct:?}"
+    );
+    // Early ETAs (at about a quarter) are not below late ones (at about three quarters).
+    let eta_near = |pct: f64| {
+        samples
+            .iter()
+            .filter(|(p, e)| e.is_some() && (*p - pct).abs() < 10.0)
+            .map(|(_, e)| e.unwrap())
+            .max()
+    };
+    let (early, late) = (eta_near(25.0).unwrap(), eta_near(75.0).unwrap());
+    assert!(late <= early, "the ETA rose from {early}s to {late}s");
+    assert!(early <= 3, "at a quarter of ~2s of work: {early}s");
 }
 
 #[test]

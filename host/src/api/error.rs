@@ -103,9 +103,11 @@ impl From<StoreError> for AppError {
         match e.kind {
             StoreErrorKind::Gone => AppError::not_found(e.message),
             StoreErrorKind::Corrupt => AppError::internal(e.to_string()).with_code("store-corrupt"),
-            StoreErrorKind::Unavailable => {
-                AppError::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", e.to_string())
-            }
+            StoreErrorKind::Unavailable => AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -169,10 +169,9 @@ pub async fn logs(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, AppError> {
     let engine = s.engine.clone();
-    let items = blocking(move || {
-        Ok(engine.logs(&id, q.after.unwrap_or(0), q.limit.unwrap_or(200))?)
-    })
-    .await?;
+    let items =
+        blocking(move || Ok(engine.logs(&id, q.after.unwrap_or(0), q.limit.unwrap_or(200))?))
+            .await?;
     let next_after = items.last().map(|l| l.seq);
     Ok(Json(LogPage { items, next_after }))
 }

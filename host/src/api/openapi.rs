@@ -80,7 +80,10 @@ fn error_answers(shape: &Shape) -> Vec<(&'static str, &'static str)> {
         answers.push(("404", "No such migration, plugin or token"));
     }
     if !shape.streams && shape.authenticated {
-        answers.push(("408", "The request took longer than the server's time limit"));
+        answers.push((
+            "408",
+            "The request took longer than the server's time limit",
+        ));
     }
     if shape.has_body {
         answers.push(("413", "The body is larger than the server accepts"));

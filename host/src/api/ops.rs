@@ -82,7 +82,9 @@ pub async fn create_token(
             .tokens
             .create(&req.name, req.role, None)
             .map_err(|e| match e {
-                TokenError::InvalidName => AppError::unprocessable("invalid-token-name", e.to_string()),
+                TokenError::InvalidName => {
+                    AppError::unprocessable("invalid-token-name", e.to_string())
+                }
                 TokenError::Exists(_) => AppError::conflict("token-exists", e.to_string()),
                 TokenError::Store(e) => e.into(),
             })

@@ -179,9 +179,7 @@ pub async fn remove(
     let state = s.clone();
     blocking(move || {
         let plugin = exact(&state, &name, &version)?;
-        let users = state
-            .engine
-            .plugin_in_use(plugin.name(), plugin.sha256())?;
+        let users = state.engine.plugin_in_use(plugin.name(), plugin.sha256())?;
         if !users.is_empty() {
             return Err(AppError::conflict(
                 "plugin-in-use",

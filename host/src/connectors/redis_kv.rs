@@ -141,9 +141,9 @@ impl KvBucket for RedisBucket {
     ) -> Result<ScanPage, KvBackendError> {
         let mut at: u64 = match cursor {
             None => 0,
-            Some(c) => c
-                .parse()
-                .map_err(|_| KvBackendError::backend(format!("'{c}' is not a Redis scan cursor")))?,
+            Some(c) => c.parse().map_err(|_| {
+                KvBackendError::backend(format!("'{c}' is not a Redis scan cursor"))
+            })?,
         };
         let pattern = format!("{}*", glob_escape(&self.full(prefix)));
         let mut conn = self.conn()?;

@@ -341,8 +341,20 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
         match result {
             Ok(Ok(_)) if events.failure().is_some() => {
                 let e = events.failure().expect("checked");
-                let kind = if e.is_corruption() { "data-corruption" } else { "dependency-unavailable" };
-                return fail_step(setup, step, &events, attempt, "execute", kind, &format!("the step's progress could not be recorded: {e}"));
+                let kind = if e.is_corruption() {
+                    "data-corruption"
+                } else {
+                    "dependency-unavailable"
+                };
+                return fail_step(
+                    setup,
+                    step,
+                    &events,
+                    attempt,
+                    "execute",
+                    kind,
+                    &format!("the step's progress could not be recorded: {e}"),
+                );
             }
             Ok(Ok(report)) => {
                 let completed = handle.update_with_objects(|rec| {
@@ -354,7 +366,9 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
                     if let Some(total) = step.expected_objects.or(s.progress_total) {
                         s.progress_done = s.progress_done.max(total);
                     }
-                    let took = s.started_at.map(|t| (Utc::now() - t).to_std().unwrap_or_default());
+                    let took = s
+                        .started_at
+                        .map(|t| (Utc::now() - t).to_std().unwrap_or_default());
                     evs.push(EventBody::Step {
                         step: step.id.clone(),
                         status: StepStatus::Completed,
@@ -620,7 +634,11 @@ fn rollback_step(
                     });
                     (evs, segments, ())
                 });
-                return if done.is_ok() { StepEnd::Completed } else { StepEnd::Failed };
+                return if done.is_ok() {
+                    StepEnd::Completed
+                } else {
+                    StepEnd::Failed
+                };
             }
             Ok(Err(MigrationError {
                 retryable: true,

@@ -3,7 +3,9 @@
 //! its change with an audit event, and starts or stops background work.
 
 use super::handle::{JobHandle, RunControl, StopReason, move_to};
-use super::job::{self, ApprovalRecord, DryRunRecord, EventBody, JobRecord, JobSnapshot, StepState};
+use super::job::{
+    self, ApprovalRecord, DryRunRecord, EventBody, JobRecord, JobSnapshot, StepState,
+};
 use super::options::JobOptions;
 use super::state::{Action, JobStatus, StepStatus};
 use super::{CollectedLogs, Engine, EngineError, dag, error_kind_of, executor};
@@ -269,11 +271,7 @@ impl Engine {
             logs_dropped: 0,
             object_index: 0,
         };
-        let handle = JobHandle::new(
-            record,
-            self.inner.store.clone(),
-            self.inner.changes.clone(),
-        );
+        let handle = JobHandle::new(record, self.inner.store.clone(), self.inner.changes.clone());
         let steps = handle.lock().plan.steps.len();
         handle.update(|rec| {
             let mut events = vec![EventBody::State {
@@ -440,7 +438,11 @@ impl Engine {
                     step: None,
                     message: format!("the dry run failed: {message}"),
                 });
-                events.push(move_to(rec, back_to, format!("the dry run failed: {message}")));
+                events.push(move_to(
+                    rec,
+                    back_to,
+                    format!("the dry run failed: {message}"),
+                ));
             }
         }
     }
@@ -792,7 +794,12 @@ mod tests {
             parameters: json!({ "a": "x".repeat(MAX_SPEC_BYTES) }),
             ..Default::default()
         };
-        assert!(check_request(&big).unwrap_err().to_string().contains("bytes"));
+        assert!(
+            check_request(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("bytes")
+        );
         let bad_binding = NewMigration {
             handler: "x".into(),
             grants: [("a/b".to_string(), "c".to_string())].into(),

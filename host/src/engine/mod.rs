@@ -27,8 +27,8 @@ pub mod state;
 mod table;
 pub mod tracking;
 
-pub use lifecycle::{DeleteMode, MAX_JSON_DEPTH, MAX_SPEC_BYTES, NewMigration};
 pub(crate) use lifecycle::truncated;
+pub use lifecycle::{DeleteMode, MAX_JSON_DEPTH, MAX_SPEC_BYTES, NewMigration};
 
 use crate::connectors::{ConnectionProvider, Grants};
 use crate::model::{LogLevel, MigrationError, ObjectResult};

@@ -38,7 +38,11 @@ impl Permits {
             if left.is_zero() {
                 return None;
             }
-            state = self.freed.wait_timeout(state, left).expect("permits lock").0;
+            state = self
+                .freed
+                .wait_timeout(state, left)
+                .expect("permits lock")
+                .0;
         }
         state.0 += 1;
         Some(Permit(self))

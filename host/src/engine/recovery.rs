@@ -60,9 +60,7 @@ impl Engine {
 }
 
 /// Mark the steps a restart interrupted; `Ok(true)` when every one of them can resume.
-fn resume_execution(
-    handle: &super::handle::JobHandle,
-) -> Result<bool, crate::store::StoreError> {
+fn resume_execution(handle: &super::handle::JobHandle) -> Result<bool, crate::store::StoreError> {
     handle.update(|rec| {
         // The run the crash ended counts toward the time executed (for the ETA).
         if let Some(started) = rec.run_started_at.take() {

@@ -160,16 +160,16 @@ pub fn can_move(from: JobStatus, to: JobStatus) -> bool {
         (
             S::Planned,
             S::Validating | S::AwaitingApproval | S::Executing | S::Cancelled
-        ) | (S::Validating, S::Planned | S::AwaitingApproval | S::Cancelled)
-            | (
-                S::AwaitingApproval,
-                S::Validating | S::Executing | S::Planned | S::Cancelled
-            )
-            | (
-                S::Executing,
-                S::Paused | S::Completed | S::Failed | S::RollingBack | S::Cancelled
-            )
-            | (S::Paused, S::Executing | S::Cancelled | S::RollingBack)
+        ) | (
+            S::Validating,
+            S::Planned | S::AwaitingApproval | S::Cancelled
+        ) | (
+            S::AwaitingApproval,
+            S::Validating | S::Executing | S::Planned | S::Cancelled
+        ) | (
+            S::Executing,
+            S::Paused | S::Completed | S::Failed | S::RollingBack | S::Cancelled
+        ) | (S::Paused, S::Executing | S::Cancelled | S::RollingBack)
             | (S::Failed, S::Executing | S::RollingBack)
             | (
                 S::Completed | S::Cancelled | S::RollbackFailed,

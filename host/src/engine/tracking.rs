@@ -63,7 +63,10 @@ impl StepEvents {
         let (ordinal, committed) = {
             let rec = handle.lock();
             let ordinal = rec.steps.iter().position(|s| s.id == step).unwrap_or(0);
-            (ordinal as u32, rec.steps.get(ordinal).map_or(0, |s| s.objects))
+            (
+                ordinal as u32,
+                rec.steps.get(ordinal).map_or(0, |s| s.objects),
+            )
         };
         StepEvents {
             handle,
@@ -220,7 +223,8 @@ impl StepEvents {
     }
 
     fn due(p: &Pending) -> bool {
-        p.log_bytes >= MAX_PENDING_LOG_BYTES || p.last_flush.is_none_or(|t| t.elapsed() >= FLUSH_EVERY)
+        p.log_bytes >= MAX_PENDING_LOG_BYTES
+            || p.last_flush.is_none_or(|t| t.elapsed() >= FLUSH_EVERY)
     }
 
     /// Stage `results` after those staged so far.

@@ -5,7 +5,9 @@ use super::clock::WaitLimit;
 use super::contract::v0_1::{self, HandlerPlugin, HandlerPluginPre};
 use super::error::{Call, PluginError, PluginFailure};
 use super::events::{ForceStop, JobEvents};
-use super::host_imports::{Access, CallState, ConnectorFailure, JobScope, LimitExceeded, StoreCorruption};
+use super::host_imports::{
+    Access, CallState, ConnectorFailure, JobScope, LimitExceeded, StoreCorruption,
+};
 use super::sandbox::{CallLimiter, GuestStderr, SandboxLimits, wasi_context};
 use crate::connectors::Grants;
 use crate::model;

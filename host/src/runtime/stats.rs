@@ -71,5 +71,8 @@ pub(crate) fn record_call(took: Duration, failure: Option<&PluginFailure>) {
 
 /// How many calls the sandbox stopped for `cause` so far.
 pub fn kills(cause: &str) -> u64 {
-    crate::metrics::get().kills.with_label_values(&[cause]).get()
+    crate::metrics::get()
+        .kills
+        .with_label_values(&[cause])
+        .get()
 }

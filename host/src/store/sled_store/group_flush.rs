@@ -38,7 +38,9 @@ const FLUSHES_KEY: &[u8] = b"flushes";
 impl GroupFlush {
     /// Group commit over `db`, without lost-write detection.
     pub fn new(db: sled::Db) -> Self {
-        let meta = db.open_tree("plover/meta").expect("opening a tree of an open database");
+        let meta = db
+            .open_tree("plover/meta")
+            .expect("opening a tree of an open database");
         let flushes = read_flushes(&meta).unwrap_or(0);
         GroupFlush {
             db,
@@ -183,7 +185,10 @@ mod tests {
         }
         assert_eq!(std::fs::read_to_string(&stamp).unwrap(), "3");
         let db = sled::open(dir.path().join("db")).unwrap();
-        assert!(GroupFlush::with_stamp(db.clone(), &stamp).is_ok(), "in step");
+        assert!(
+            GroupFlush::with_stamp(db.clone(), &stamp).is_ok(),
+            "in step"
+        );
         // As if the database had lost its last flushes.
         std::fs::write(&stamp, "7").unwrap();
         let err = GroupFlush::with_stamp(db, &stamp).err().unwrap();

@@ -93,7 +93,9 @@ impl SledJobState {
     }
 
     fn lock_for(&self, prefix: &[u8]) -> std::sync::MutexGuard<'_, ()> {
-        let stripe = prefix.iter().fold(0usize, |h, b| h.wrapping_mul(31) + *b as usize);
+        let stripe = prefix
+            .iter()
+            .fold(0usize, |h, b| h.wrapping_mul(31) + *b as usize);
         self.locks[stripe % self.locks.len()]
             .lock()
             .expect("job-state lock")
@@ -269,7 +271,11 @@ mod tests {
         assert_eq!(a.scan("k", None, 10).unwrap().entries.len(), 2);
         assert_eq!(space.usage("job-a").unwrap(), 24);
         a.set_many(&[("k1".into(), vec![1; 2])]).unwrap();
-        assert_eq!(space.usage("job-a").unwrap(), 16, "an overwrite counts its new size");
+        assert_eq!(
+            space.usage("job-a").unwrap(),
+            16,
+            "an overwrite counts its new size"
+        );
         assert_eq!(a.delete_many(&["k2".into(), "zz".into()]).unwrap(), 1);
         assert_eq!(space.usage("job-a").unwrap(), 4);
         space.remove_all("job-a").unwrap();

@@ -9,8 +9,8 @@ pub use group_flush::GroupFlush;
 pub use job_state::SledJobState;
 
 use super::{
-    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StagedObject,
-    StoreError, StoredObject,
+    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StagedObject, StoreError,
+    StoredObject,
 };
 use crate::engine::job::{EventBody, FeedEvent, JobRecord, JobSummary};
 use crate::engine::state::JobStatus;
@@ -60,9 +60,7 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError>
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "no reason given".into());
-        StoreError::corrupt(format!(
-            "{what} is damaged: sled could not read it ({why})"
-        ))
+        StoreError::corrupt(format!("{what} is damaged: sled could not read it ({why})"))
     })
 }
 
@@ -201,7 +199,11 @@ impl SledJobStore {
 
     /// Keep an unreadable record aside: out of every index and count, its bytes saved.
     fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
-        tracing::error!(job = id, reason, "quarantining a job record that cannot be read back");
+        tracing::error!(
+            job = id,
+            reason,
+            "quarantining a job record that cannot be read back"
+        );
         let raw = self
             .tree
             .get(keys::record(id))
@@ -393,7 +395,11 @@ impl JobStore for SledJobStore {
         }
         Ok(JobSummaries {
             items,
-            next_cursor: if more { last_suffix.map(hex::encode) } else { None },
+            next_cursor: if more {
+                last_suffix.map(hex::encode)
+            } else {
+                None
+            },
         })
     }
 

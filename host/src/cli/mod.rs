@@ -1,0 +1,423 @@
+//! The `plover` command line: `serve` runs the server; every other command is a client of a
+//! running server's HTTP API (address and token from flags or `PLOVER_SERVER`/`PLOVER_TOKEN`).
+//!
+//! Exit status: 0 on success (for `run --follow` and `watch`, when the job completed; for
+//! `rollback --wait`, when it rolled back), 1 when the job ended otherwise, 2 when a request
+//! failed.
+//!
+//! Files: `client.rs` the HTTP client, `follow.rs` the live event stream, `status.rs` the
+//! readable report, `output.rs` stdout that a closed pipe ends quietly.
+
+mod client;
+mod follow;
+pub(crate) mod output;
+mod status;
+
+use crate::config::Config;
+use clap::{Parser, Subcommand};
+use client::{CliError, Client, plugin_path};
+use output::say;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "plover",
+    version,
+    about = "Run migrations as sandboxed WebAssembly plugins"
+)]
+pub struct Cli {
+    /// The server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "PLOVER_SERVER",
+        default_value = "http://127.0.0.1:7373"
+    )]
+    server: String,
+    /// API token.
+    #[arg(long, global = true, env = "PLOVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// A TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address (overrides the file and PLOVER_BIND).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+        /// Data directory (overrides the file and PLOVER_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A directory of plugins to load at start-up; repeatable.
+        #[arg(long = "plugins-dir")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Manage plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Create a migration and show its plan.
+    Plan(PlanArgs),
+    /// Dry-run a migration's plan.
+    Validate {
+        id: String,
+        /// Wait for the dry run's verdict.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Execute a migration.
+    Run {
+        id: String,
+        /// Show live progress and logs until the job ends; the exit status tells the outcome.
+        /// A job that is running already is followed as it is.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Follow a migration's progress and logs until it ends (it may be running already).
+    Watch { id: String },
+    /// Show a migration: state, progress, objects, steps, errors.
+    Status {
+        id: String,
+        /// Print the full snapshot as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a migration's log lines.
+    Logs {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Approve a migration's plan.
+    Approve { id: String },
+    /// Cancel a migration.
+    Cancel { id: String },
+    /// Pause a running migration.
+    Pause { id: String },
+    /// Resume a paused migration.
+    Resume { id: String },
+    /// Retry a failed migration's failed steps.
+    Retry { id: String },
+    /// Roll back a migration.
+    Rollback {
+        id: String,
+        /// Follow the rollback until it ends; the exit status tells the outcome.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete a migration that is not running.
+    Delete {
+        id: String,
+        /// Delete even if its changes could still be rolled back (the journal is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List migrations.
+    Ls {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        handler: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Upload a component (.wasm).
+    Add { file: PathBuf },
+    /// List loaded plugins.
+    List,
+    /// Show one plugin: NAME@VERSION.
+    Show { plugin: String },
+    /// Remove one plugin: NAME@VERSION.
+    Rm { plugin: String },
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// Handler requirement, e.g. kv-copy@^1.
+    #[arg(long)]
+    handler: String,
+    #[arg(long)]
+    kind: Option<String>,
+    /// Handler parameters as one JSON object.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Grant a connection to a binding: BINDING=CONNECTION; repeatable.
+    #[arg(long = "grant")]
+    grants: Vec<String>,
+    /// Job option overrides as a JSON object, e.g. '{"batch_size":1000}'.
+    #[arg(long, default_value = "{}")]
+    options: String,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            bind,
+            data_dir,
+            plugin_dirs,
+        } => {
+            let result = Config::load(config.as_deref()).and_then(|mut c| {
+                if let Some(b) = bind {
+                    c.bind = b;
+                }
+                if let Some(d) = data_dir {
+                    c.data_dir = d;
+                }
+                if !plugin_dirs.is_empty() {
+                    c.plugin_dirs = plugin_dirs;
+                }
+                crate::server::serve(c)
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("plover: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        command => {
+            let client = Client {
+                base: cli.server.trim_end_matches('/').to_string(),
+                token: cli.token,
+                http: reqwest::blocking::Client::new(),
+            };
+            match run(&client, command) {
+                Ok(code) => code,
+                Err(CliError(m)) => {
+                    eprintln!("plover: {m}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn act(client: &Client, id: &str, action: &str) -> Result<(), CliError> {
+    let job = client.post(&format!("/migrations/{id}/{action}"))?;
+    say!("migration {id}: {}", job["status"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Serve { .. } => unreachable!("handled in main"),
+        Command::Plugin(PluginCommand::Add { file }) => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| CliError(format!("{}: {e}", file.display())))?;
+            let p = client.send(
+                client
+                    .request(reqwest::Method::POST, "/plugins")
+                    .header("content-type", "application/wasm")
+                    .body(bytes),
+            )?;
+            say!(
+                "loaded {}@{} sha256:{}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?"),
+                p["sha256"].as_str().unwrap_or("?")
+            );
+        }
+        Command::Plugin(PluginCommand::List) => {
+            for p in client
+                .get("/plugins")?
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                let sha = p["sha256"].as_str().unwrap_or("");
+                say!(
+                    "{}@{}  {}  sha256:{}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["version"].as_str().unwrap_or(""),
+                    p["kinds"],
+                    &sha[..12.min(sha.len())]
+                );
+            }
+        }
+        Command::Plugin(PluginCommand::Show { plugin }) => {
+            print_json(&client.get(&plugin_path(&plugin)?)?)
+        }
+        Command::Plugin(PluginCommand::Rm { plugin }) => {
+            client.send(client.request(reqwest::Method::DELETE, &plugin_path(&plugin)?))?;
+            say!("removed {plugin}");
+        }
+        Command::Plan(args) => plan(client, args)?,
+        Command::Validate { id, wait } => {
+            client.post(&format!("/migrations/{id}/validate"))?;
+            if !wait {
+                say!("dry run of {id} started");
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                let job = client.get(&format!("/migrations/{id}"))?;
+                if job["status"] != "validating" && !job["dry_run"].is_null() {
+                    let passed = job["dry_run"]["passed"].as_bool().unwrap_or(false);
+                    for f in job["dry_run"]["report"]["findings"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                    {
+                        say!(
+                            "{:<8} {:<24} {}",
+                            f["severity"].as_str().unwrap_or(""),
+                            f["code"].as_str().unwrap_or(""),
+                            f["message"].as_str().unwrap_or("")
+                        );
+                    }
+                    say!("dry run {}", if passed { "passed" } else { "did not pass" });
+                    return Ok(if passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Command::Run { id, follow } => {
+            let answer = client.try_send(
+                client.request(reqwest::Method::POST, &format!("/migrations/{id}/execute")),
+            )?;
+            match answer {
+                Ok(job) => say!("migration {id}: {}", job["status"].as_str().unwrap_or("?")),
+                // Running already (after a restart, from another client): follow it as it is.
+                Err(e) if follow && e.body["details"]["status"] == "executing" => {
+                    say!("migration {id} is running already; following it")
+                }
+                Err(e) => return Err(CliError(e.message())),
+            }
+            if follow {
+                return follow::follow(client, &id, "completed");
+            }
+        }
+        Command::Watch { id } => return follow::follow(client, &id, "completed"),
+        Command::Status { id, json } => {
+            let job = client.get(&format!("/migrations/{id}"))?;
+            if json {
+                print_json(&job)
+            } else {
+                status::print(&job)
+            }
+        }
+        Command::Logs { id, after } => {
+            let page = client.get(&format!("/migrations/{id}/logs?after={after}&limit=1000"))?;
+            for l in page["items"].as_array().cloned().unwrap_or_default() {
+                say!(
+                    "{} {:<7} {}",
+                    l["at"].as_str().unwrap_or(""),
+                    l["level"].as_str().unwrap_or(""),
+                    l["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Command::Approve { id } => act(client, &id, "approve")?,
+        Command::Cancel { id } => act(client, &id, "cancel")?,
+        Command::Pause { id } => act(client, &id, "pause")?,
+        Command::Resume { id } => act(client, &id, "resume")?,
+        Command::Retry { id } => act(client, &id, "retry")?,
+        Command::Rollback { id, wait } => {
+            act(client, &id, "rollback")?;
+            if wait {
+                return follow::follow(client, &id, "rolled-back");
+            }
+        }
+        Command::Delete { id, force } => {
+            let path = format!("/migrations/{id}{}", if force { "?force=true" } else { "" });
+            client.send(client.request(reqwest::Method::DELETE, &path))?;
+            say!("deleted {id}");
+        }
+        Command::Ls { status, handler } => {
+            let mut q = vec![];
+            if let Some(s) = status {
+                q.push(("status", s));
+            }
+            if let Some(h) = handler {
+                q.push(("handler", h));
+            }
+            let page = client.send(
+                client
+                    .request(reqwest::Method::GET, "/migrations")
+                    .query(&q),
+            )?;
+            for j in page["items"].as_array().cloned().unwrap_or_default() {
+                say!(
+                    "{}  {:<17} {:>5.1}%  {}@{}",
+                    j["id"].as_str().unwrap_or(""),
+                    j["status"].as_str().unwrap_or(""),
+                    j["percentage"].as_f64().unwrap_or(0.0),
+                    j["plugin"]["name"].as_str().unwrap_or(""),
+                    j["plugin"]["version"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(client: &Client, args: PlanArgs) -> Result<(), CliError> {
+    let params: Value =
+        serde_json::from_str(&args.params).map_err(|e| CliError(format!("--params: {e}")))?;
+    let options: Value =
+        serde_json::from_str(&args.options).map_err(|e| CliError(format!("--options: {e}")))?;
+    let mut grants = serde_json::Map::new();
+    for g in &args.grants {
+        let (b, c) = g
+            .split_once('=')
+            .ok_or_else(|| CliError(format!("--grant '{g}': expected BINDING=CONNECTION")))?;
+        grants.insert(b.into(), Value::String(c.into()));
+    }
+    let body = json!({ "handler": args.handler, "kind": args.kind, "parameters": params, "grants": grants, "options": options });
+    let job = client.send(
+        client
+            .request(reqwest::Method::POST, "/migrations")
+            .json(&body),
+    )?;
+    say!(
+        "migration {}  ({}@{}, {})",
+        job["id"].as_str().unwrap_or("?"),
+        job["plugin"]["name"].as_str().unwrap_or("?"),
+        job["plugin"]["version"].as_str().unwrap_or("?"),
+        job["status"].as_str().unwrap_or("?")
+    );
+    for s in job["plan"]["steps"].as_array().cloned().unwrap_or_default() {
+        let deps = s["depends_on"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        say!(
+            "  {:<12} {:<13} {}{}",
+            s["id"].as_str().unwrap_or(""),
+            s["kind"].as_str().unwrap_or(""),
+            s["description"].as_str().unwrap_or(""),
+            if deps.is_empty() {
+                String::new()
+            } else {
+                format!("  (after {deps})")
+            }
+        );
+    }
+    say!("risk: {}", job["plan"]["risk"].as_str().unwrap_or("?"));
+    Ok(())
+}
