@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing Plover needs on a fresh machine, idempotently:
-# the wasm32-wasip2 Rust target, rustfmt and clippy, and (with --services) makes sure the
-# local PostgreSQL and Redis answer, starting them if they are installed but stopped.
+# the wasm32-wasip2 Rust target, rustfmt and clippy; with --services (what the tests need)
+# also the Python tools the API conformance test runs (an OpenAPI validator and the
+# schemathesis fuzzer, pinned, in target/py-tools), and makes sure the local PostgreSQL and
+# Redis answer, starting them if they are installed but stopped.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     echo "setup: installing the wasm32-wasip2 target"
@@ -15,6 +18,16 @@ for component in rustfmt clippy; do
 done
 
 if [[ "${1:-}" == "--services" ]]; then
+    PY_TOOLS=target/py-tools
+    PY_PINS="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
+    if [[ "$(cat "$PY_TOOLS/pins" 2>/dev/null)" != "$PY_PINS" ]]; then
+        echo "setup: installing $PY_PINS into $PY_TOOLS"
+        rm -rf "$PY_TOOLS"
+        python3 -m venv "$PY_TOOLS"
+        # shellcheck disable=SC2086
+        "$PY_TOOLS/bin/pip" install --quiet --disable-pip-version-check $PY_PINS
+        echo "$PY_PINS" > "$PY_TOOLS/pins"
+    fi
     if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         echo "setup: starting PostgreSQL"
         if command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then

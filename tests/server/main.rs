@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod common;
+mod conformance;
 mod connectors;
 mod durability;
 mod hardening;
