@@ -33,6 +33,8 @@ pub struct Config {
     pub job_state_quota_bytes: u64,
     /// Read the whole database at start-up, so damage is reported then (not by a later call).
     pub verify_on_start: bool,
+    /// Memory the embedded database may use to cache pages, in bytes.
+    pub db_cache_bytes: u64,
     /// How many `plan` and `validate` calls may run at once (0: the number of cores).
     pub max_concurrent_dry_calls: usize,
     /// Limits for every plugin.
@@ -70,6 +72,7 @@ impl Default for Config {
             audit_retention: 100_000,
             job_state_quota_bytes: crate::store::DEFAULT_JOB_STATE_QUOTA,
             verify_on_start: true,
+            db_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             max_concurrent_dry_calls: 0,
             limits: SandboxLimits::default(),
             fuel_metering: false,

@@ -73,12 +73,14 @@ fn load_plugins(
 pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
     let plugin_store = config.data_dir.join("plugins");
     std::fs::create_dir_all(&plugin_store)?;
-    let db = crate::store::open_database(&config.data_dir.join("db")).map_err(|e| {
-        anyhow::anyhow!(
-            "{e}\nRestore the data directory {} from a backup.",
-            config.data_dir.display()
-        )
-    })?;
+    let db =
+        crate::store::open_database_with_cache(&config.data_dir.join("db"), config.db_cache_bytes)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nRestore the data directory {} from a backup.",
+                    config.data_dir.display()
+                )
+            })?;
     let flush = Arc::new(
         GroupFlush::with_stamp(db.clone(), &config.data_dir.join("durable-flushes")).map_err(
             |e| anyhow::anyhow!("{e}\nThe data directory is {}.", config.data_dir.display()),

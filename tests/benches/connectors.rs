@@ -19,10 +19,7 @@ use std::time::{Duration, Instant};
 
 const BATCH: usize = 1000;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use plover_tests::bench::median;
 
 fn seed(space: &RedisPrefix, n: usize) {
     let mut conn = redis();

@@ -38,10 +38,7 @@ impl JobEvents for CountingEvents {
     }
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
+use plover_tests::bench::median;
 
 fn sample(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
     median((0..n).map(|_| f()).collect())

@@ -17,10 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use plover_tests::bench::median;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -32,8 +29,11 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().unwrap();
+    // As the server opens its database (compressed pages), with a smaller cache.
     let db = sled::Config::new()
         .path(dir.path())
+        .use_compression(true)
+        .compression_factor(1)
         .cache_capacity(256 << 20)
         .open()
         .unwrap();

@@ -56,14 +56,26 @@ fn the_document_is_valid_and_fuzzing_finds_no_answer_it_does_not_allow() {
         .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
         // Every check but one: "a request the schema allows must be accepted" cannot hold
         // for semantic refusals (an unknown plugin, a job in the wrong state).
-        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
         // Random bytes as a plugin upload say nothing new (the loader's refusals have their
         // own tests) and crash the fuzzer's generator for binary bodies.
         .args(["--exclude-operation-id", "upload_plugin"])
         // The coverage phase's own generator reports "inconsistent results" under load (a
         // flake of the tool, not of the server); fuzzing and stateful sequences remain.
         .args(["--phases", "examples,fuzzing,stateful"])
-        .args(["--seed", "20261125", "--max-examples", "30", "--workers", "1"])
+        .args([
+            "--seed",
+            "20261125",
+            "--max-examples",
+            "30",
+            "--workers",
+            "1",
+        ])
         .args(["--generation-database", "none", "--no-color"])
         .output()
         .unwrap();

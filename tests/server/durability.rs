@@ -105,7 +105,9 @@ fn a_job_state_write_is_on_disk_before_the_plugin_writes_elsewhere() {
     }
     // Killed the moment the outside write is seen.
     let (data_dir, _) = server.kill();
-    let store = SledJobStore::open_db(&sled::open(data_dir.join("db")).unwrap()).unwrap();
+    let store =
+        SledJobStore::open_db(&plover_host::store::open_database(&data_dir.join("db")).unwrap())
+            .unwrap();
     let journal = store.job_state().bucket(&id);
     let kept = journal.get_many(&["backup/a".into()]).unwrap();
     assert_eq!(
@@ -127,7 +129,7 @@ fn kv_copy_into_redis_killed_resumed_and_rolled_back_leaves_the_target_as_it_was
     let plugins = plugin_dir();
     let space = RedisPrefix::new("copy-target");
     {
-        let db = sled::open(data.path().join("db")).unwrap();
+        let db = plover_host::store::open_database(&data.path().join("db")).unwrap();
         let source = plover_host::connectors::SledBuckets::new(db.clone())
             .open("sessions")
             .unwrap();
@@ -211,7 +213,7 @@ fn input_too_deep_to_read_back_is_refused_and_start_up_survives_an_unreadable_re
 
     // Damage one record the way a bad write or a bug could.
     {
-        let db = sled::open(data_dir.join("db")).unwrap();
+        let db = plover_host::store::open_database(&data_dir.join("db")).unwrap();
         db.open_tree("plover/jobs")
             .unwrap()
             .insert(format!("j/{broken}"), &b"{\"id\": \"truncated"[..])
@@ -224,7 +226,9 @@ fn input_too_deep_to_read_back_is_refused_and_start_up_survives_an_unreadable_re
     let (_, list) = server.get("/migrations", ADMIN);
     assert_eq!(list["total"], 1, "the quarantined job is out of the counts");
     let (data_dir, _) = server.kill();
-    let store = SledJobStore::open_db(&sled::open(data_dir.join("db")).unwrap()).unwrap();
+    let store =
+        SledJobStore::open_db(&plover_host::store::open_database(&data_dir.join("db")).unwrap())
+            .unwrap();
     use plover_host::store::JobStore;
     let quarantined = store.quarantined().unwrap();
     assert_eq!(quarantined.len(), 1);

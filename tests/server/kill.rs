@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 const KEYS: usize = 30_000;
 
 fn seed(data_dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
-    let db = sled::open(data_dir.join("db")).unwrap();
+    let db = plover_host::store::open_database(&data_dir.join("db")).unwrap();
     let source = SledBuckets::new(db.clone()).open("sessions-old").unwrap();
     let entries: Vec<(String, Vec<u8>)> = (0..KEYS)
         .map(|i| {
@@ -34,7 +34,7 @@ fn seed(data_dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn read_bucket(data_dir: &std::path::Path, name: &str) -> BTreeMap<String, Vec<u8>> {
-    let db = sled::open(data_dir.join("db")).unwrap();
+    let db = plover_host::store::open_database(&data_dir.join("db")).unwrap();
     let bucket = SledBuckets::new(db).open(name).unwrap();
     let mut out = BTreeMap::new();
     let mut cursor = None;

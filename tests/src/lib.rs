@@ -8,6 +8,42 @@ pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
 
+/// Helpers the benchmarks share.
+pub mod bench {
+    use std::time::Duration;
+
+    /// The median of `samples` (the upper one of an even count).
+    pub fn median(mut samples: Vec<Duration>) -> Duration {
+        samples.sort();
+        samples[samples.len() / 2]
+    }
+
+    /// This process's resident memory, in bytes.
+    pub fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pages * 4096
+    }
+
+    /// Bytes the files under `dir` take.
+    pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            total += if path.is_dir() {
+                disk_bytes(&path)
+            } else {
+                entry.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+        }
+        total
+    }
+}
+
 /// The machine's real PostgreSQL (127.0.0.1:5432, trust auth, database `test`) and Redis
 /// (127.0.0.1:6379), each test in its own schema or key prefix so runs never collide.
 pub mod services {

@@ -38,7 +38,7 @@ struct Env {
 
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
+    let db = plover_host::store::open_database(dir.path()).unwrap();
     let buckets = SledBuckets::new(db.clone());
     let store = SledJobStore::open_db(&db).unwrap();
     let connections = Arc::new(HostConnections::new(

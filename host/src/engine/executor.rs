@@ -121,10 +121,6 @@ fn execute(setup: RunSetup) {
     let options = record.options.clone();
     let plan = record.plan.clone();
     let run_started = Instant::now();
-    let _ = handle.update(|rec| {
-        rec.run_started_at = Some(Utc::now());
-        (vec![], ())
-    });
     spawn_watchdog(&setup, record.executing_ms_before);
 
     let (tx, rx) = mpsc::channel::<(usize, StepEnd)>();

@@ -209,23 +209,27 @@ impl JobHandle {
         let (bodies, segments, result) = change(&mut record);
         let now = Utc::now();
         record.updated_at = now;
+        // The log window: the newest `max_log_lines` lines are kept. Lines past it are dropped
+        // oldest first: stored ones by the store, new ones by never being written.
+        let new_logs = bodies
+            .iter()
+            .filter(|b| matches!(b, EventBody::Log { .. }))
+            .count() as u64;
+        let max = record.options.max_log_lines as u64;
+        let excess = (record.logs_kept + new_logs).saturating_sub(max);
+        let drop_stored = excess.min(record.logs_kept);
+        let mut skip_new = excess - drop_stored;
+        record.logs_kept = (record.logs_kept + new_logs).min(max);
+        record.logs_dropped += excess;
         let mut events = Vec::with_capacity(bodies.len());
-        let mut drop_logs = vec![];
         let mut state_changes = vec![];
         for body in bodies {
+            if matches!(body, EventBody::Log { .. }) && skip_new > 0 {
+                skip_new -= 1;
+                continue;
+            }
             let seq = record.next_seq;
             record.next_seq += 1;
-            if let EventBody::Log { .. } = body {
-                record.log_seqs.push_back(seq);
-                while record.log_seqs.len() > record.options.max_log_lines {
-                    let dropped = record.log_seqs.pop_front().expect("non-empty");
-                    // A line added and dropped in the same commit is simply never written.
-                    if dropped < before.next_seq {
-                        drop_logs.push(dropped);
-                    }
-                    record.logs_dropped += 1;
-                }
-            }
             if let EventBody::State { from, to, reason } = &body {
                 state_changes.push(StateChange {
                     job: record.id.clone(),
@@ -237,12 +241,10 @@ impl JobHandle {
             }
             events.push(FeedEvent { seq, at: now, body });
         }
-        let kept: std::collections::HashSet<u64> = record.log_seqs.iter().copied().collect();
-        events.retain(|e| !matches!(e.body, EventBody::Log { .. }) || kept.contains(&e.seq));
         if let Err(e) = self.store.commit(Commit {
             record: &record,
             append: &events,
-            drop_logs: &drop_logs,
+            drop_oldest_logs: drop_stored,
             segments: &segments,
         }) {
             *record = before;

@@ -6,7 +6,7 @@ use super::state::{JobStatus, StepStatus};
 use crate::model::{LogLevel, MigrationSpec, ObjectResult, Plan, ValidationReport};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// The plugin a job is pinned to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -128,8 +128,8 @@ pub struct JobRecord {
     pub current_object: Option<String>,
     /// The next change-feed sequence number.
     pub next_seq: u64,
-    /// Sequence numbers of the log lines kept, oldest first.
-    pub log_seqs: VecDeque<u64>,
+    /// How many log lines are kept (the newest ones, at most the job's `max_log_lines`).
+    pub logs_kept: u64,
     pub logs_dropped: u64,
     /// How many object results were ever committed (their index space).
     pub object_index: u64,
@@ -289,7 +289,7 @@ pub struct JobSnapshot {
     pub spec: MigrationSpec,
     pub dry_run: Option<DryRunRecord>,
     pub approval: Option<ApprovalRecord>,
-    pub logs_kept: usize,
+    pub logs_kept: u64,
     pub logs_dropped: u64,
     pub last_event_seq: u64,
 }
@@ -441,7 +441,7 @@ pub fn snapshot(r: &JobRecord, now: DateTime<Utc>) -> JobSnapshot {
         spec: r.spec.clone(),
         dry_run: r.dry_run.clone(),
         approval: r.approval.clone(),
-        logs_kept: r.log_seqs.len(),
+        logs_kept: r.logs_kept,
         logs_dropped: r.logs_dropped,
         last_event_seq: r.next_seq.saturating_sub(1),
     }

@@ -267,7 +267,7 @@ impl Engine {
             current_step: None,
             current_object: None,
             next_seq: 1,
-            log_seqs: Default::default(),
+            logs_kept: 0,
             logs_dropped: 0,
             object_index: 0,
         };
@@ -590,6 +590,7 @@ impl Engine {
             if let Err(e) = self.check(rec, Action::Resume) {
                 return (vec![], Err(e));
             }
+            rec.run_started_at = Some(Utc::now());
             let mut events = vec![move_to(rec, JobStatus::Executing, "resumed")];
             events.push(audit(actor, Action::Resume, "resumed"));
             (events, Ok(()))
@@ -658,6 +659,7 @@ impl Engine {
                 s.error = None;
             }
             rec.ended_at = None;
+            rec.run_started_at = Some(Utc::now());
             let events = vec![
                 move_to(
                     rec,
@@ -737,6 +739,7 @@ fn approved(rec: &JobRecord) -> bool {
 
 fn begin_execution(rec: &mut JobRecord, actor: &str, action: Action) -> Vec<EventBody> {
     rec.started_at.get_or_insert_with(Utc::now);
+    rec.run_started_at = Some(Utc::now());
     vec![
         move_to(rec, JobStatus::Executing, "execution started"),
         audit(actor, action, "execution started"),

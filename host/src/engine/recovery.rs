@@ -66,6 +66,7 @@ fn resume_execution(handle: &super::handle::JobHandle) -> Result<bool, crate::st
         if let Some(started) = rec.run_started_at.take() {
             rec.executing_ms_before += (rec.updated_at - started).num_milliseconds().max(0) as u64;
         }
+        rec.run_started_at = Some(Utc::now());
         let mut events = vec![];
         let mut unresumable = vec![];
         for (state, step) in rec.steps.iter_mut().zip(&rec.plan.steps) {

@@ -17,7 +17,10 @@
 
 mod sled_store;
 
-pub use sled_store::{GroupFlush, IntegrityReport, SledJobState, SledJobStore, open_database};
+pub use sled_store::{
+    DEFAULT_CACHE_BYTES, GroupFlush, IntegrityReport, SledJobState, SledJobStore, open_database,
+    open_database_with_cache,
+};
 
 /// How many bytes each job's private state bucket may hold unless configured otherwise.
 pub const DEFAULT_JOB_STATE_QUOTA: u64 = 1 << 30;
@@ -102,8 +105,8 @@ pub struct StoredObject {
 pub struct Commit<'a> {
     pub record: &'a JobRecord,
     pub append: &'a [FeedEvent],
-    /// Sequence numbers of log events that fell out of the kept window.
-    pub drop_logs: &'a [u64],
+    /// How many of the job's oldest stored log events fell out of the kept window.
+    pub drop_oldest_logs: u64,
     /// Staged object results this commit makes visible.
     pub segments: &'a [ObjectSegment],
 }

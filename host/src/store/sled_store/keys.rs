@@ -1,8 +1,10 @@
 //! The key layout of the job tree. Job ids are UUIDs (no `/` or NUL); numbers are big-endian
 //! so byte order is numeric order; creation times are biased so that order is time order.
 //!
-//! - `j/<job>`: the record (JSON); `m/<job>`: what its index entries are ([`IndexMeta`]);
-//!   `s/<job>`: its summary as lists show it.
+//! - `j/<job>`: the record's changing part (JSON); `p/<job>`: the part that rarely changes
+//!   (spec, plan, options, grants, dry run, approval), written only when it does;
+//!   `m/<job>`: what its index entries are ([`IndexMeta`]); `s/<job>`: its summary as lists
+//!   show it.
 //! - `e/<job>/<seq>`: a feed event; `l/<job>/<seq>`: index of the log events.
 //! - `r/<job>/<step><n>`: the step's `n`-th staged object result; `g/<job>/<first>`: a segment
 //!   of them made visible from position `first`.
@@ -17,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 pub fn record(job: &str) -> Vec<u8> {
     format!("j/{job}").into_bytes()
+}
+
+pub fn definition(job: &str) -> Vec<u8> {
+    format!("p/{job}").into_bytes()
 }
 
 pub fn meta(job: &str) -> Vec<u8> {

@@ -41,10 +41,37 @@ fn json_error(what: &str, e: serde_json::Error) -> StoreError {
 
 /// Open the sled database in `path`. sled panics on some kinds of damage instead of returning
 /// an error; that is caught here and reported as corruption, with the directory named.
+///
+/// A new database compresses its pages (zstd at its fastest level): JSON records compress
+/// well, and sled's log-structured writes multiply what is stored (BENCHMARKS.md). A database
+/// keeps the setting it was made with.
 pub fn open_database(path: &std::path::Path) -> Result<sled::Db, StoreError> {
+    open_database_with_cache(path, DEFAULT_CACHE_BYTES)
+}
+
+/// How much memory sled may use to cache pages unless configured otherwise. Bounded, so the
+/// host's memory does not grow with the data it keeps.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// [`open_database`] with a page cache of at most `cache_bytes`.
+pub fn open_database_with_cache(
+    path: &std::path::Path,
+    cache_bytes: u64,
+) -> Result<sled::Db, StoreError> {
     let what = format!("the database in {}", path.display());
-    without_panics(&what, || sled::Config::new().path(path).open())?
-        .map_err(|e| sled_error(&format!("opening {what}"), e))
+    let compressed = match std::fs::read_to_string(path.join("conf")) {
+        Ok(conf) => conf.contains("use_compression: true"),
+        Err(_) => true,
+    };
+    without_panics(&what, || {
+        sled::Config::new()
+            .path(path)
+            .use_compression(compressed)
+            .compression_factor(1)
+            .cache_capacity(cache_bytes)
+            .open()
+    })?
+    .map_err(|e| sled_error(&format!("opening {what}"), e))
 }
 
 /// Run `f`, turning a panic inside sled (its answer to some damage) into a corruption error.
@@ -62,6 +89,51 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError>
             .unwrap_or_else(|| "no reason given".into());
         StoreError::corrupt(format!("{what} is damaged: sled could not read it ({why})"))
     })
+}
+
+/// The fields of a record that change rarely (creation, re-planning, a dry run, an approval):
+/// stored apart, so the commits of a running job do not rewrite them.
+const DEFINITION_FIELDS: [&str; 11] = [
+    "created_at",
+    "created_by",
+    "handler",
+    "plugin",
+    "spec",
+    "grants",
+    "options",
+    "plan",
+    "plan_hash",
+    "dry_run",
+    "approval",
+];
+
+/// A record as two JSON documents: its changing part and its definition.
+fn split_record(record: &JobRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let serde_json::Value::Object(mut state) =
+        serde_json::to_value(record).map_err(|e| json_error("a record", e))?
+    else {
+        return Err(StoreError::corrupt("a record is not a JSON object"));
+    };
+    let definition: serde_json::Map<String, serde_json::Value> = DEFINITION_FIELDS
+        .iter()
+        .filter_map(|f| state.remove(*f).map(|v| (f.to_string(), v)))
+        .collect();
+    Ok((
+        serde_json::to_vec(&state).map_err(|e| json_error("a record", e))?,
+        serde_json::to_vec(&definition).map_err(|e| json_error("a record", e))?,
+    ))
+}
+
+/// The record whose two parts are `state` and `definition`.
+fn join_record(state: &[u8], definition: Option<&[u8]>) -> Result<JobRecord, String> {
+    let mut joined: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(state).map_err(|e| e.to_string())?;
+    if let Some(d) = definition {
+        let d: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(d).map_err(|e| e.to_string())?;
+        joined.extend(d);
+    }
+    serde_json::from_value(serde_json::Value::Object(joined)).map_err(|e| e.to_string())
 }
 
 /// How many keys one batch of a bulk deletion removes.
@@ -119,11 +191,13 @@ impl SledJobStore {
         for item in self.tree.scan_prefix(b"j/") {
             let (k, v) = item.map_err(|e| sled_error("checking job records", e))?;
             report.records += 1;
-            if let Err(e) = serde_json::from_slice::<JobRecord>(&v) {
-                unreadable.push((
-                    String::from_utf8_lossy(&k[2..]).into_owned(),
-                    format!("unreadable record: {e}"),
-                ));
+            let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            let definition = self
+                .tree
+                .get(keys::definition(&id))
+                .map_err(|e| sled_error("checking job records", e))?;
+            if let Err(e) = join_record(&v, definition.as_deref()) {
+                unreadable.push((id, format!("unreadable record: {e}")));
             }
         }
         for (id, reason) in unreadable {
@@ -213,6 +287,7 @@ impl SledJobStore {
         let meta = self.meta(id).unwrap_or(None);
         self.move_indexes(&mut batch, id, meta.as_ref(), None)?;
         batch.remove(keys::record(id));
+        batch.remove(keys::definition(id));
         batch.remove(keys::meta(id));
         batch.remove(keys::summary(id));
         if let Some(raw) = raw {
@@ -297,15 +372,24 @@ impl JobStore for SledJobStore {
     fn commit(&self, c: Commit<'_>) -> Result<(), StoreError> {
         let id = &c.record.id;
         let mut batch = sled::Batch::default();
-        batch.insert(
-            keys::record(id),
-            serde_json::to_vec(c.record).map_err(|e| json_error("a record", e))?,
-        );
-        let summary = crate::engine::job::summary(c.record);
-        batch.insert(
-            keys::summary(id),
-            serde_json::to_vec(&summary).map_err(|e| json_error("a summary", e))?,
-        );
+        let (state, definition) = split_record(c.record)?;
+        batch.insert(keys::record(id), state);
+        // The rarely changing parts are rewritten only when they changed: each commit of a
+        // running job would otherwise rewrite its plan and options (disk grows with rewrites).
+        let summary = serde_json::to_vec(&crate::engine::job::summary(c.record))
+            .map_err(|e| json_error("a summary", e))?;
+        for (key, value) in [
+            (keys::definition(id), definition),
+            (keys::summary(id), summary),
+        ] {
+            let stored = self
+                .tree
+                .get(&key)
+                .map_err(|e| sled_error("committing a job", e))?;
+            if stored.as_deref() != Some(value.as_slice()) {
+                batch.insert(key, value);
+            }
+        }
         for e in c.append {
             batch.insert(
                 keys::numbered("e", id, e.seq),
@@ -315,9 +399,17 @@ impl JobStore for SledJobStore {
                 batch.insert(keys::numbered("l", id, e.seq), &[][..]);
             }
         }
-        for &seq in c.drop_logs {
-            batch.remove(keys::numbered("e", id, seq));
-            batch.remove(keys::numbered("l", id, seq));
+        if c.drop_oldest_logs > 0 {
+            for k in self
+                .tree
+                .scan_prefix(keys::numbered_prefix("l", id))
+                .keys()
+                .take(c.drop_oldest_logs as usize)
+            {
+                let k = k.map_err(|e| sled_error("dropping old log lines", e))?;
+                batch.remove(keys::numbered("e", id, keys::tail_number(&k)));
+                batch.remove(k);
+            }
         }
         for seg in c.segments {
             batch.insert(
@@ -351,7 +443,11 @@ impl JobStore for SledJobStore {
         else {
             return Ok(None);
         };
-        match serde_json::from_slice(&v) {
+        let definition = self
+            .tree
+            .get(keys::definition(id))
+            .map_err(|e| sled_error("reading a job", e))?;
+        match join_record(&v, definition.as_deref()) {
             Ok(record) => Ok(Some(record)),
             Err(e) => {
                 self.quarantine(id, &format!("unreadable record: {e}"))?;
@@ -552,6 +648,7 @@ impl JobStore for SledJobStore {
             let meta = self.meta(id)?;
             self.move_indexes(&mut batch, id, meta.as_ref(), None)?;
             batch.remove(keys::record(id));
+            batch.remove(keys::definition(id));
             batch.remove(keys::meta(id));
             batch.remove(keys::summary(id));
             batch.insert(keys::tombstone(id), &[][..]);

@@ -1,0 +1,200 @@
+//! What history costs: disk and memory as finished jobs accumulate, and the cost of the
+//! requests that must not grow with them (a list page, the counts `/metrics` reads, a
+//! snapshot), with 10 jobs and with many.
+//!
+//! Run: `cargo bench -p plover-tests --bench store` (add `-- --quick` for a smoke run).
+//!
+//! Jobs are created and run through the engine with the stepper plugin (a two-step plan,
+//! one object per step), over a sled store in a temporary directory.
+
+use plover_host::connectors::HostConnections;
+use plover_host::engine::options::JobOptions;
+use plover_host::engine::state::JobStatus;
+use plover_host::engine::{Engine, ListFilter, NewMigration};
+use plover_host::runtime::{PluginRegistry, Runtime, RuntimeConfig};
+use plover_host::store::SledJobStore;
+use plover_tests::artifacts;
+use plover_tests::bench::{disk_bytes, median, resident_bytes};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn engine(dir: &std::path::Path) -> Engine {
+    let db = plover_host::store::open_database(&dir.join("db")).unwrap();
+    let store = SledJobStore::open_db(&db).unwrap();
+    let connections = Arc::new(HostConnections::new(
+        plover_host::connectors::SledBuckets::new(db.clone()),
+        Arc::new(store.job_state()),
+        BTreeMap::new(),
+        true,
+    ));
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let registry = Arc::new(PluginRegistry::new());
+    registry
+        .insert(runtime.load_file(artifacts::STEPPER.as_ref()).unwrap())
+        .unwrap();
+    Engine::open(
+        registry,
+        Arc::new(store),
+        connections,
+        JobOptions::default(),
+    )
+    .unwrap()
+}
+
+fn new_job(engine: &Engine) -> String {
+    engine
+        .create(
+            NewMigration {
+                handler: "stepper".into(),
+                parameters: json!({ "steps": [
+                    { "id": "a", "batches": 1, "batch_ms": 0 },
+                    { "id": "b", "after": ["a"], "batches": 1, "batch_ms": 0 }
+                ] }),
+                grants: [("data".to_string(), "data".to_string())].into(),
+                ..Default::default()
+            },
+            "bench",
+        )
+        .unwrap()
+        .id
+}
+
+/// Create and run `n` jobs to completion, `parallel` at a time.
+fn run_jobs(engine: &Engine, n: usize, parallel: usize) {
+    let mut running: Vec<String> = vec![];
+    for _ in 0..n {
+        let id = new_job(engine);
+        engine.execute(&id, "bench").unwrap();
+        running.push(id);
+        if running.len() >= parallel {
+            for id in running.drain(..) {
+                let done = engine.wait_idle(&id, Duration::from_secs(60)).unwrap();
+                assert_eq!(done.status, JobStatus::Completed);
+            }
+        }
+    }
+    for id in running {
+        engine.wait_idle(&id, Duration::from_secs(60)).unwrap();
+    }
+}
+
+/// Median time of `f` over `reps` runs.
+fn time(reps: usize, mut f: impl FnMut()) -> Duration {
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn request_costs(engine: &Engine, newest: &str) -> (Duration, Duration, Duration) {
+    let list = time(200, || {
+        let page = engine
+            .list(&ListFilter {
+                limit: Some(50),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(!page.items.is_empty());
+    });
+    let counts = time(200, || {
+        engine.counts_by_status().unwrap();
+    });
+    let snapshot = time(200, || {
+        engine.snapshot(newest).unwrap();
+    });
+    (list, counts, snapshot)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (small, large) = if quick { (100, 1_000) } else { (100, 10_000) };
+    println!(
+        "plover store benchmark ({} mode; request costs are medians of 200)",
+        if quick { "quick" } else { "full" }
+    );
+    // Planned jobs only (created, never run).
+    let planned_dir = tempfile::tempdir().unwrap();
+    let planned = engine(planned_dir.path());
+    for _ in 0..large {
+        new_job(&planned);
+    }
+    planned.flush().unwrap();
+    println!(
+        "disk: {large} planned jobs {:.1} MiB",
+        disk_bytes(planned_dir.path()) as f64 / (1 << 20) as f64
+    );
+    drop(planned);
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let rss_empty = resident_bytes();
+
+    run_jobs(&engine, small, 8);
+    let newest = engine.list(&Default::default()).unwrap().items[0]
+        .id
+        .clone();
+    let at_small = request_costs(&engine, &newest);
+    let (disk_small, rss_small) = (disk_bytes(dir.path()), resident_bytes());
+
+    let started = Instant::now();
+    let mut resident = vec![];
+    for quarter in 1..=4 {
+        run_jobs(&engine, (large - small) / 4, 8);
+        resident.push((small + quarter * (large - small) / 4, resident_bytes()));
+    }
+    let took = started.elapsed();
+    let newest = engine.list(&Default::default()).unwrap().items[0]
+        .id
+        .clone();
+    let at_large = request_costs(&engine, &newest);
+    engine.flush().unwrap();
+    let (disk_large, rss_large) = (disk_bytes(dir.path()), resident_bytes());
+    let total = engine.list(&Default::default()).unwrap().total;
+    assert_eq!(total, large as u64);
+
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "{large} jobs created and run in {:.1} s",
+        took.as_secs_f64()
+    );
+    println!(
+        "disk: {small} finished jobs {:.1} MiB, {large} finished jobs {:.1} MiB ({:.1} KiB per job)",
+        mib(disk_small),
+        mib(disk_large),
+        (disk_large - disk_small) as f64 / 1024.0 / (large - small) as f64
+    );
+    println!(
+        "resident memory: empty {:.1} MiB, {small} jobs {:.1} MiB, {large} jobs {:.1} MiB",
+        mib(rss_empty),
+        mib(rss_small),
+        mib(rss_large)
+    );
+    let steps: Vec<String> = resident
+        .iter()
+        .map(|(n, b)| format!("{n}: {:.1} MiB", mib(*b)))
+        .collect();
+    println!("resident memory as jobs finish: {}", steps.join(", "));
+    println!(
+        "list page (50 jobs):     {small} jobs {:>7.1} µs, {large} jobs {:>7.1} µs",
+        us(at_small.0),
+        us(at_large.0)
+    );
+    println!(
+        "counts by state:         {small} jobs {:>7.1} µs, {large} jobs {:>7.1} µs",
+        us(at_small.1),
+        us(at_large.1)
+    );
+    println!(
+        "snapshot of one job:     {small} jobs {:>7.1} µs, {large} jobs {:>7.1} µs",
+        us(at_small.2),
+        us(at_large.2)
+    );
+}
