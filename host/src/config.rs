@@ -37,6 +37,8 @@ pub struct Config {
     pub db_cache_bytes: u64,
     /// How many `plan` and `validate` calls may run at once (0: the number of cores).
     pub max_concurrent_dry_calls: usize,
+    /// How many object results one step may record.
+    pub max_object_results_per_step: u64,
     /// Limits for every plugin.
     pub limits: SandboxLimits,
     /// Count fuel so `limits.fuel` bounds a call's work.
@@ -74,6 +76,7 @@ impl Default for Config {
             verify_on_start: true,
             db_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             max_concurrent_dry_calls: 0,
+            max_object_results_per_step: crate::runtime::bounds::DEFAULT_MAX_RESULTS_PER_STEP,
             limits: SandboxLimits::default(),
             fuel_metering: false,
             defaults: JobOptions::default(),

@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod server;
+pub mod stop;
 pub mod store;
 pub mod testing;

@@ -130,6 +130,7 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
     if config.max_concurrent_dry_calls > 0 {
         engine.set_concurrent_dry_calls(config.max_concurrent_dry_calls);
     }
+    engine.set_max_results_per_step(config.max_object_results_per_step);
 
     let tokens = TokenStore::open(flush.clone())?;
     if tokens.is_empty() {

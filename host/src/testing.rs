@@ -70,8 +70,9 @@ impl JobEvents for RecordingEvents {
     fn progress(&self, done: u64, total: Option<u64>, current: Option<String>) {
         self.progress.lock().unwrap().push((done, total, current));
     }
-    fn objects(&self, results: Vec<ObjectResult>) {
+    fn objects(&self, results: Vec<ObjectResult>) -> Result<(), String> {
         self.objects.lock().unwrap().extend(results);
+        Ok(())
     }
     fn checkpoint(&self, data: Vec<u8>) {
         self.checkpoints.lock().unwrap().push(data);

@@ -26,9 +26,10 @@ struct CountingEvents {
 impl JobEvents for CountingEvents {
     fn log(&self, _: LogLevel, _: String) {}
     fn progress(&self, _: u64, _: Option<u64>, _: Option<String>) {}
-    fn objects(&self, results: Vec<ObjectResult>) {
+    fn objects(&self, results: Vec<ObjectResult>) -> Result<(), String> {
         self.objects
             .fetch_add(results.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
     fn checkpoint(&self, _: Vec<u8>) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -316,18 +317,20 @@ fn native_copy(
         journal.set_many(&entries).unwrap();
         target.set_many(&page.entries).unwrap();
         let per = started.elapsed().as_micros() as u64 / page.entries.len() as u64;
-        events.objects(
-            page.entries
-                .iter()
-                .map(|(k, _)| ObjectResult {
-                    name: k.clone(),
-                    object_type: "key".into(),
-                    status: ObjectStatus::Success,
-                    error: None,
-                    duration_micros: per,
-                })
-                .collect(),
-        );
+        events
+            .objects(
+                page.entries
+                    .iter()
+                    .map(|(k, _)| ObjectResult {
+                        name: k.clone(),
+                        object_type: "key".into(),
+                        status: ObjectStatus::Success,
+                        error: None,
+                        duration_micros: per,
+                    })
+                    .collect(),
+            )
+            .unwrap();
         cursor = page.next_cursor;
         events.checkpoint(serde_json::to_vec(&json!({ "cursor": cursor, "copied": 0 })).unwrap());
         if cursor.is_none() {

@@ -765,12 +765,12 @@ fn a_request_past_its_time_limit_gets_408_and_leaves_nothing_behind() {
 #[test]
 fn a_watcher_that_falls_behind_the_live_fan_out_still_gets_every_event_once() {
     let (s, _d, _p) = server();
-    // Thousands of events, with object batches large enough to fill the socket buffers, so
-    // the stream stops pulling from the live fan-out and lags behind it.
+    // Thousands of events (a log line per batch), enough to fill the socket buffers, so the
+    // stream stops pulling from the live fan-out and lags behind it.
     // Every log line kept, so every event stays replayable (pruned log lines cannot be).
     let id = create(
         &s,
-        json!({ "handler": "stepper", "parameters": { "steps": [{ "id": "a", "batches": 3000, "batch_ms": 0, "per_batch": 40 }] },
+        json!({ "handler": "stepper", "parameters": { "steps": [{ "id": "a", "batches": 7000, "batch_ms": 0, "per_batch": 10 }] },
                 "grants": { "data": "data" }, "options": { "max_log_lines": 100000 } }),
     );
     let resp = events(&s, &id, None);

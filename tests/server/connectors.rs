@@ -20,7 +20,7 @@ key_prefix = "{prefix}"
 
 [connections.app-db]
 type = "postgres"
-url = "{POSTGRES_URL}"
+url = "{url}"
 search_path = "{schema}"
 
 [connections.partner]
@@ -29,6 +29,7 @@ allow = ["http://api.partner.example"]
 "#,
         prefix = space.prefix,
         schema = schema.name,
+        url = schema.url(),
     )
 }
 

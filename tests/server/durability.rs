@@ -108,7 +108,7 @@ fn a_job_state_write_is_on_disk_before_the_plugin_writes_elsewhere() {
     let store =
         SledJobStore::open_db(&plover_host::store::open_database(&data_dir.join("db")).unwrap())
             .unwrap();
-    let journal = store.job_state().bucket(&id);
+    let journal = store.job_state().bucket(&id, true);
     let kept = journal.get_many(&["backup/a".into()]).unwrap();
     assert_eq!(
         kept[0].as_deref(),

@@ -80,32 +80,48 @@ pub mod services {
             .expect("Redis on 127.0.0.1:6379 (scripts/setup.sh --services starts it)")
     }
 
-    /// A schema of its own, dropped with everything in it when this value is.
+    /// A schema of its own, owned by a login role of its own with no other power (the
+    /// least-privilege role a migration should run as); both are dropped with everything in
+    /// them when this value is.
     pub struct Schema {
         pub name: String,
+        /// The role that owns the schema.
+        pub role: String,
     }
 
     impl Schema {
         pub fn new(tag: &str) -> Schema {
             let name = unique(tag).to_lowercase();
+            let role = format!("{name}_app");
             postgres()
-                .batch_execute(&format!("CREATE SCHEMA {name}"))
+                .batch_execute(&format!(
+                    "CREATE ROLE {role} LOGIN; CREATE SCHEMA {name} AUTHORIZATION {role}"
+                ))
                 .unwrap();
-            Schema { name }
+            Schema { name, role }
+        }
+
+        /// The connection string of the schema's own role.
+        pub fn url(&self) -> String {
+            format!("host=127.0.0.1 port=5432 user={} dbname=test", self.role)
         }
 
         /// The host's SQL connector for this schema, as a job would be granted it.
         pub fn connector(&self) -> Connector {
             Connector::Sql(Arc::new(
-                PostgresDatabase::new(POSTGRES_URL, Some(&self.name), 4).unwrap(),
+                PostgresDatabase::new(&self.url(), Some(&self.name), 4).unwrap(),
             ))
         }
 
-        /// A client whose search path is this schema.
+        /// A client acting as the schema's role (what it creates, the role owns), its
+        /// search path the schema.
         pub fn client(&self) -> postgres::Client {
             let mut c = postgres();
-            c.batch_execute(&format!("SET search_path = {}", self.name))
-                .unwrap();
+            c.batch_execute(&format!(
+                "SET search_path = {}; SET ROLE {}",
+                self.name, self.role
+            ))
+            .unwrap();
             c
         }
     }
@@ -113,7 +129,11 @@ pub mod services {
     impl Drop for Schema {
         fn drop(&mut self) {
             if let Ok(mut c) = postgres::Client::connect(POSTGRES_URL, postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+                let _ = c.batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+                    self.name,
+                    role = self.role
+                ));
             }
         }
     }

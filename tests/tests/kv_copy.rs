@@ -117,7 +117,7 @@ impl JobEvents for CancelAfter {
     fn progress(&self, done: u64, total: Option<u64>, current: Option<String>) {
         self.inner.progress(done, total, current)
     }
-    fn objects(&self, results: Vec<ObjectResult>) {
+    fn objects(&self, results: Vec<ObjectResult>) -> Result<(), String> {
         self.inner.objects(results)
     }
     fn checkpoint(&self, data: Vec<u8>) {

@@ -237,13 +237,14 @@ impl JobEvents for StopAfterCheckpoints {
     fn progress(&self, done: u64, total: Option<u64>, current: Option<String>) {
         self.inner.progress(done, total, current)
     }
-    fn objects(&self, results: Vec<ObjectResult>) {
-        self.inner.objects(results);
+    fn objects(&self, results: Vec<ObjectResult>) -> Result<(), String> {
+        self.inner.objects(results)?;
         if self.seen.load(Ordering::SeqCst) == self.after {
             self.stop.trigger();
             // Outlast an epoch tick, so the plugin is stopped as soon as it is back in wasm.
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        Ok(())
     }
     fn checkpoint(&self, data: Vec<u8>) {
         self.inner.checkpoint(data);

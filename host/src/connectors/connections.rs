@@ -3,7 +3,7 @@
 //! `sessions-old`). Connection details (URLs, passwords) never reach a plugin.
 
 use super::http_out::{HttpConnection, HttpRules};
-use super::postgres::PostgresDatabase;
+use super::postgres::{PostgresDatabase, PostgresOptions};
 use super::redis_kv::RedisBucket;
 use super::{Connector, SledBuckets};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,15 @@ pub enum ConnectionConfig {
         /// The most connections the host keeps open to it.
         #[serde(default = "default_max_connections")]
         max_connections: u32,
+        /// A connection string for `plan` and `validate` only: a role that cannot write
+        /// makes dry runs read-only by the database's own permissions.
+        #[serde(default)]
+        read_only_url: Option<String>,
+        /// Accept a role that can reach beyond the data (a superuser, a member of
+        /// `pg_execute_server_program`, `pg_read_server_files`, `pg_write_server_files` or
+        /// `pg_signal_backend`). Refused by default: plugins act with the role's power.
+        #[serde(default)]
+        allow_privileged_role: bool,
     },
     /// Outgoing HTTP to the origins its rules allow.
     Http(HttpRules),
@@ -50,8 +59,9 @@ pub trait ConnectionProvider: Send + Sync {
     /// The connector behind connection `name`.
     fn connect(&self, name: &str) -> Result<Connector, String>;
     /// The private bucket of job `job` (see `kv.bucket.job-state` in the contract). The job
-    /// store owns it and forgets it with the job.
-    fn job_state(&self, job: &str) -> Arc<dyn super::KvBucket>;
+    /// store owns it and forgets it with the job. With `outside`, the job also writes to
+    /// systems outside the host's database, so each write is on disk before it returns.
+    fn job_state(&self, job: &str, outside: bool) -> Arc<dyn super::KvBucket>;
     /// The configured connection names, for error messages and the API.
     fn names(&self) -> Vec<String>;
     /// The configured connections by name with their kind (`sled`, `redis`, `postgres`,
@@ -61,7 +71,8 @@ pub trait ConnectionProvider: Send + Sync {
 
 /// Where the jobs' private state buckets live (the job store's database).
 pub trait JobStateSpace: Send + Sync {
-    fn bucket(&self, job: &str) -> Arc<dyn super::KvBucket>;
+    /// Job `job`'s bucket; see [`ConnectionProvider::job_state`] for `outside`.
+    fn bucket(&self, job: &str, outside: bool) -> Arc<dyn super::KvBucket>;
 }
 
 /// The connections of one host: its sled database plus the configured connections. Each
@@ -71,6 +82,8 @@ pub struct HostConnections {
     job_state: Arc<dyn JobStateSpace>,
     configured: BTreeMap<String, ConnectionConfig>,
     opened: Mutex<BTreeMap<String, Connector>>,
+    /// The PostgreSQL connections among them, for the start-up role check.
+    postgres: Mutex<BTreeMap<String, Arc<PostgresDatabase>>>,
     /// When true, a name not configured refers to the sled bucket of that name. Convenient on
     /// a developer's machine; operators turn it off to allow configured connections only.
     pub any_sled_bucket: bool,
@@ -88,21 +101,37 @@ impl HostConnections {
             job_state,
             configured,
             opened: Mutex::new(BTreeMap::new()),
+            postgres: Mutex::new(BTreeMap::new()),
             any_sled_bucket,
         }
     }
 
     /// Open every configured connection, so a mistake in the configuration (a malformed URL,
-    /// an origin pattern) stops the host at start-up. Nothing connects yet: pools connect on
-    /// first use, so a database that is down does not keep the host from starting.
+    /// an origin pattern, a database role with too much power) stops the host at start-up.
+    /// A database that does not answer does not keep the host from starting: its role is
+    /// checked when it is first used.
     pub fn open_all(&self) -> Result<(), String> {
-        for name in self.configured.keys() {
-            self.connect(name)?;
+        for (name, config) in &self.configured {
+            let connector = self.connect(name)?;
+            if let (ConnectionConfig::Postgres { .. }, Some(db)) = (
+                config,
+                self.postgres.lock().expect("connections lock").get(name),
+            ) {
+                match db.check_roles_now() {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        connection = %name,
+                        "the database does not answer; its role is checked when it is first used"
+                    ),
+                    Err(why) => return Err(format!("connection '{name}': {why}")),
+                }
+            }
+            drop(connector);
         }
         Ok(())
     }
 
-    fn open(&self, config: &ConnectionConfig) -> Result<Connector, String> {
+    fn open(&self, name: &str, config: &ConnectionConfig) -> Result<Connector, String> {
         Ok(match config {
             ConnectionConfig::Sled { bucket } => {
                 Connector::Kv(self.buckets.open(bucket).map_err(|e| e.to_string())?)
@@ -120,11 +149,24 @@ impl HostConnections {
                 url,
                 search_path,
                 max_connections,
-            } => Connector::Sql(Arc::new(PostgresDatabase::new(
-                url,
-                search_path.as_deref(),
-                *max_connections,
-            )?)),
+                read_only_url,
+                allow_privileged_role,
+            } => {
+                let db = Arc::new(PostgresDatabase::with_options(
+                    url,
+                    &PostgresOptions {
+                        search_path: search_path.clone(),
+                        max_connections: *max_connections,
+                        read_only_url: read_only_url.clone(),
+                        allow_privileged_role: *allow_privileged_role,
+                    },
+                )?);
+                self.postgres
+                    .lock()
+                    .expect("connections lock")
+                    .insert(name.to_string(), db.clone());
+                Connector::Sql(db)
+            }
             ConnectionConfig::Http(rules) => {
                 Connector::Http(Arc::new(HttpConnection::new(rules.clone())?))
             }
@@ -157,14 +199,14 @@ impl ConnectionProvider for HostConnections {
             return Ok(c.clone());
         }
         let connector = self
-            .open(config)
+            .open(name, config)
             .map_err(|e| format!("connection '{name}': {e}"))?;
         opened.insert(name.to_string(), connector.clone());
         Ok(connector)
     }
 
-    fn job_state(&self, job: &str) -> Arc<dyn super::KvBucket> {
-        self.job_state.bucket(job)
+    fn job_state(&self, job: &str, outside: bool) -> Arc<dyn super::KvBucket> {
+        self.job_state.bucket(job, outside)
     }
 
     fn names(&self) -> Vec<String> {
@@ -224,7 +266,7 @@ mod tests {
             assert!(err.starts_with(expected), "{err}");
         }
         let good = connections(
-            "[db]\ntype = \"postgres\"\nurl = \"host=127.0.0.1 user=postgres\"\n[api]\ntype = \"http\"\nallow = [\"https://x.example\"]",
+            "[db]\ntype = \"postgres\"\nurl = \"host=127.0.0.1 user=postgres\"\nallow_privileged_role = true\n[api]\ntype = \"http\"\nallow = [\"https://x.example\"]",
         );
         good.open_all()
             .expect("valid connections open without connecting");

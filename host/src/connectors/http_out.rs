@@ -5,11 +5,19 @@
 //! sent: the origin against the allow-list, then every address its host resolves to against
 //! the private, loopback and link-local ranges (unless `allow_private`). The request then goes
 //! to exactly the addresses that were checked, so a second DNS answer cannot swap them.
+//!
+//! Invariant: an exchange ends by the call's deadline or its force stop, whatever the server
+//! does (a body trickled one byte at a time included): it runs as a future on a small runtime
+//! of its own, raced against the deadline and the stop, and is dropped (its connection
+//! closed) when either comes first. An exchange cut short is an error, never a response.
+//! Headers the host owns (`Host`, framing, hop-by-hop) are refused; in a dry run, so are a
+//! body and method overrides.
 
+use crate::stop::ForceStop;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// What one HTTP connection allows (the `[connections.NAME]` table with `type = "http"`).
@@ -198,6 +206,72 @@ pub struct HttpConnection {
 
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 
+/// Headers the host sets itself: a plugin may not forge the destination (`Host`) or the
+/// message's framing and connection handling.
+const HOST_HEADERS: [&str; 11] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "proxy-authorization",
+    "expect",
+];
+
+/// Headers that turn a GET into a write on servers that honour them: refused in dry runs.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The runtime every exchange runs on (two threads: exchanges mostly wait).
+static EXCHANGES: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("plover-http")
+        .enable_all()
+        .build()
+        .expect("building the HTTP runtime")
+});
+
+/// Refuse headers a plugin may not send, naming the first.
+fn check_headers(headers: &[(String, String)], read_only: bool) -> Result<(), HttpError> {
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(HttpError::InvalidArgument(format!(
+                "header name {:?} is not a valid token",
+                crate::engine::truncated(name, 64)
+            )));
+        }
+        if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Err(HttpError::InvalidArgument(format!(
+                "the value of header '{name}' contains a line break or NUL"
+            )));
+        }
+        if HOST_HEADERS.contains(&lower.as_str()) {
+            return Err(HttpError::InvalidArgument(format!(
+                "header '{name}' is the host's to set"
+            )));
+        }
+        if read_only && METHOD_OVERRIDES.contains(&lower.as_str()) {
+            return Err(HttpError::ReadOnly(format!(
+                "header '{name}' could turn the request into a write; refused during plan and validate"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl HttpConnection {
     pub fn new(rules: HttpRules) -> Result<Self, String> {
         let origins = rules
@@ -256,18 +330,20 @@ impl HttpConnection {
     }
 
     /// Send `request`, following allowed redirects, within the connection's time limit and
-    /// `deadline`. `read_only` allows GET and HEAD only.
+    /// `deadline`, ending at once if `stop` is raised. `read_only` allows GET and HEAD only,
+    /// without a body or a method override.
     pub fn send(
         &self,
         request: HttpRequest,
         read_only: bool,
         deadline: Instant,
+        stop: &ForceStop,
     ) -> Result<HttpResponse, HttpError> {
-        let mut method = request.method.to_ascii_uppercase();
+        let method = request.method.to_ascii_uppercase();
         if !METHODS.contains(&method.as_str()) {
             return Err(HttpError::InvalidArgument(format!(
                 "method '{}' (allowed: {})",
-                request.method,
+                crate::engine::truncated(&request.method, 16),
                 METHODS.join(", ")
             )));
         }
@@ -277,41 +353,57 @@ impl HttpConnection {
                 request.url
             )));
         }
-        let mut url = reqwest::Url::parse(&request.url)
+        if read_only && !request.body.is_empty() {
+            return Err(HttpError::ReadOnly(format!(
+                "{method} {}: a request during plan and validate carries no body",
+                request.url
+            )));
+        }
+        check_headers(&request.headers, read_only)?;
+        let url = reqwest::Url::parse(&request.url)
             .map_err(|e| HttpError::InvalidArgument(format!("url '{}': {e}", request.url)))?;
-        let mut body = request.body;
         let ends = deadline.min(Instant::now() + Duration::from_millis(self.rules.timeout_ms));
+        EXCHANGES.block_on(async {
+            tokio::select! {
+                r = self.exchange(method, url, request.headers, request.body, ends) => r,
+                why = ended(ends, stop) => Err(HttpError::Timeout(why)),
+            }
+        })
+    }
+
+    /// The request and its redirects, up to the whole response body.
+    async fn exchange(
+        &self,
+        mut method: String,
+        mut url: reqwest::Url,
+        headers: Vec<(String, String)>,
+        mut body: Vec<u8>,
+        ends: Instant,
+    ) -> Result<HttpResponse, HttpError> {
         let mut redirects = 0;
         loop {
             let addrs = self.check(&url)?;
-            let left = ends.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(HttpError::Timeout(format!("no answer from {url} in time")));
-            }
             let host = url.host_str().unwrap_or_default().to_string();
-            let mut client = reqwest::blocking::Client::builder()
+            let mut client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
-                .timeout(left)
                 .resolve_to_addrs(&host, &addrs);
             for root in &self.roots {
                 client = client.add_root_certificate(root.clone());
             }
             let client = client
                 .build()
-                .map_err(|e| HttpError::Transport(e.to_string()))?;
+                .map_err(|e| HttpError::Transport(with_causes(&e)))?;
             let mut builder = client.request(method.parse().expect("one of METHODS"), url.clone());
-            for (name, value) in &request.headers {
+            for (name, value) in &headers {
                 builder = builder.header(name.as_str(), value.as_str());
             }
             if !body.is_empty() {
                 builder = builder.body(body.clone());
             }
-            let response = builder.send().map_err(|e| {
-                if e.is_timeout() {
-                    HttpError::Timeout(format!("{url}: {e}"))
-                } else if e.is_builder() {
-                    HttpError::InvalidArgument(e.to_string())
+            let response = builder.send().await.map_err(|e| {
+                if e.is_builder() {
+                    HttpError::InvalidArgument(with_causes(&e))
                 } else {
                     HttpError::Transport(format!("{url}: {}", with_causes(&e)))
                 }
@@ -338,13 +430,16 @@ impl HttpConnection {
                     method = "GET".into();
                     body.clear();
                 }
+                if Instant::now() >= ends {
+                    return Err(HttpError::Timeout(format!("no answer from {url} in time")));
+                }
                 continue;
             }
-            return self.read(response);
+            return self.read(response).await;
         }
     }
 
-    fn read(&self, response: reqwest::blocking::Response) -> Result<HttpResponse, HttpError> {
+    async fn read(&self, mut response: reqwest::Response) -> Result<HttpResponse, HttpError> {
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -358,20 +453,38 @@ impl HttpConnection {
             .collect();
         let limit = self.rules.max_response_bytes;
         let mut body = vec![];
-        response
-            .take(limit + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| HttpError::Transport(format!("reading the body: {e}")))?;
-        if body.len() as u64 > limit {
-            return Err(HttpError::TooLarge(format!(
-                "the body is larger than this connection's {limit} bytes"
-            )));
+        // Chunk by chunk: a body that breaks off is an error, not a short response.
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| HttpError::Transport(format!("reading the body: {}", with_causes(&e))))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > limit {
+                return Err(HttpError::TooLarge(format!(
+                    "the body is larger than this connection's {limit} bytes"
+                )));
+            }
         }
         Ok(HttpResponse {
             status,
             headers,
             body,
         })
+    }
+}
+
+/// Resolves when `ends` passes or `stop` is raised, saying which.
+async fn ended(ends: Instant, stop: &ForceStop) -> String {
+    loop {
+        if stop.is_triggered() {
+            return "the call was stopped while waiting for the server".into();
+        }
+        let left = ends.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return "the exchange did not finish by the call's deadline or the connection's time limit".into();
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(10))).await;
     }
 }
 
@@ -485,6 +598,7 @@ mod tests {
             false,
         );
         let far = Instant::now() + Duration::from_secs(5);
+        let stop = ForceStop::new();
         let get = |u: &str| HttpRequest {
             method: "GET".into(),
             url: u.into(),
@@ -492,25 +606,25 @@ mod tests {
             body: vec![],
         };
         assert!(matches!(
-            c.send(get("http://other.example.com/"), false, far),
+            c.send(get("http://other.example.com/"), false, far, &stop),
             Err(HttpError::Denied(_))
         ));
         assert!(
-            matches!(c.send(get("http://10.0.0.7/"), false, far), Err(HttpError::Denied(m)) if m.contains("private"))
+            matches!(c.send(get("http://10.0.0.7/"), false, far, &stop), Err(HttpError::Denied(m)) if m.contains("private"))
         );
         assert!(
-            matches!(c.send(get("http://localhost:9/"), false, far), Err(HttpError::Denied(m)) if m.contains("127.0.0.1") || m.contains("::1"))
+            matches!(c.send(get("http://localhost:9/"), false, far, &stop), Err(HttpError::Denied(m)) if m.contains("127.0.0.1") || m.contains("::1"))
         );
         let mut post = get("http://api.example.com/");
         post.method = "POST".into();
         assert!(matches!(
-            c.send(post, true, far),
+            c.send(post, true, far, &stop),
             Err(HttpError::ReadOnly(_))
         ));
         let mut odd = get("http://api.example.com/");
         odd.method = "CONNECT".into();
         assert!(matches!(
-            c.send(odd, false, far),
+            c.send(odd, false, far, &stop),
             Err(HttpError::InvalidArgument(_))
         ));
     }

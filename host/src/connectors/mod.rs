@@ -93,6 +93,12 @@ pub trait KvBucket: Send + Sync {
     ) -> Result<ScanPage, KvBackendError>;
     fn count(&self, prefix: &str) -> Result<u64, KvBackendError>;
 
+    /// Whether the bucket lives in the host's own embedded database (whose log keeps writes
+    /// in order across buckets, so a job-state journal needs no flush of its own before it).
+    fn is_embedded(&self) -> bool {
+        false
+    }
+
     /// Whether keys can expire. Backends that cannot (sled, memory) refuse a time to live.
     fn supports_expiry(&self) -> bool {
         false
@@ -126,6 +132,11 @@ pub enum Connector {
 }
 
 impl Connector {
+    /// Whether writes through it land in the host's own embedded database.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, Connector::Kv(b) if b.is_embedded())
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Connector::Kv(_) => "key-value",

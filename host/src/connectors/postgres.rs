@@ -1,6 +1,15 @@
 //! The SQL connector over PostgreSQL (14 or newer), with the synchronous `postgres` client:
 //! host imports are synchronous, so a blocking client needs no runtime bridge per call.
 //!
+//! Dry runs (`plan`, `validate`) cannot write, by what the server guarantees rather than by
+//! reading statement text: their transaction is `READ ONLY` and takes its snapshot at once
+//! (after which PostgreSQL refuses `SET TRANSACTION READ WRITE`), and after each statement
+//! the host checks, by a transaction-local marker, that the transaction is still its own (a
+//! statement that ended it is refused, and the call fails). A role with more power than
+//! migrations need (superuser, or member of `pg_execute_server_program`,
+//! `pg_read_server_files`, `pg_write_server_files`, `pg_signal_backend`) is refused unless the
+//! operator allows it; `read_only_url` can give dry runs a role that cannot write at all.
+//!
 //! Every connection the pool opens asks the server to check every second whether its client
 //! is still there (`client_connection_check_interval`), so the transaction (and any advisory
 //! lock) of a host that was killed mid-statement ends within a second instead of when the
@@ -12,7 +21,7 @@ use super::sql::{
     CallBounds, Column, MAX_PAGE_ROWS, RowPage, SqlDatabase, SqlError, SqlTransaction, SqlValue,
     first_keyword, transaction_control_keyword,
 };
-use crate::runtime::ForceStop;
+use crate::stop::ForceStop;
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{CancelToken, NoTls, Row};
@@ -30,12 +39,110 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 pub struct PostgresDatabase {
     pool: Pool,
+    /// A pool of a role that cannot write, for read-only calls, when configured.
+    read_only_pool: Option<Pool>,
+    allow_privileged_role: bool,
+    /// The outcome of the role check, once made (on the first connection of each pool).
+    role_checked: [OnceLock<Result<(), String>>; 2],
 }
 
+/// How a [`PostgresDatabase`] is reached and what its role may be.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    pub search_path: Option<String>,
+    pub max_connections: u32,
+    /// A connection string for `plan` and `validate` (a role that cannot write).
+    pub read_only_url: Option<String>,
+    /// Accept a role with powers beyond data (superuser, server files and programs, signals).
+    pub allow_privileged_role: bool,
+}
+
+/// Roles whose members can reach beyond the database's data.
+const PRIVILEGED_ROLES: [&str; 4] = [
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_signal_backend",
+];
+
 impl PostgresDatabase {
-    /// A database reached through `url`. Connects lazily: a server that is down fails the
-    /// first call that opens the connection (as `unavailable`), not the host's start.
+    /// A database reached through `url` with the least-privilege defaults. Connects lazily: a
+    /// server that is down fails the first call that opens the connection (as `unavailable`),
+    /// not the host's start.
     pub fn new(url: &str, search_path: Option<&str>, max_connections: u32) -> Result<Self, String> {
+        Self::with_options(
+            url,
+            &PostgresOptions {
+                search_path: search_path.map(str::to_string),
+                max_connections,
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn with_options(url: &str, options: &PostgresOptions) -> Result<Self, String> {
+        let pool = Self::pool(url, options)?;
+        let read_only_pool = match &options.read_only_url {
+            Some(u) => Some(Self::pool(u, options).map_err(|e| format!("read_only_url: {e}"))?),
+            None => None,
+        };
+        Ok(PostgresDatabase {
+            pool,
+            read_only_pool,
+            allow_privileged_role: options.allow_privileged_role,
+            role_checked: Default::default(),
+        })
+    }
+
+    /// Check the roles now, if the server answers within a few seconds: `Ok(false)` when it
+    /// does not (the check is then made on first use).
+    pub fn check_roles_now(&self) -> Result<bool, String> {
+        for (i, pool) in [Some(&self.pool), self.read_only_pool.as_ref()]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(pool) = pool else { continue };
+            match pool.get_timeout(Duration::from_secs(3)) {
+                Ok(mut conn) => self.role_checked[i]
+                    .get_or_init(|| self.check_role(&mut conn))
+                    .clone()?,
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Refuse a role that can reach beyond the database's data, unless allowed.
+    fn check_role(&self, conn: &mut Pooled) -> Result<(), String> {
+        if self.allow_privileged_role {
+            return Ok(());
+        }
+        let row = conn
+            .query_one(
+                "SELECT current_user::text, rolsuper, ARRAY(SELECT r FROM unnest($1::text[]) r WHERE pg_has_role(current_user, r, 'member')) FROM pg_roles WHERE rolname = current_user",
+                &[&PRIVILEGED_ROLES.to_vec()],
+            )
+            .map_err(|e| format!("checking the connection's role: {e}"))?;
+        let (role, superuser, memberships): (String, bool, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        let power = if superuser {
+            Some("a superuser".to_string())
+        } else if !memberships.is_empty() {
+            Some(format!("a member of {}", memberships.join(", ")))
+        } else {
+            None
+        };
+        match power {
+            None => Ok(()),
+            Some(power) => Err(format!(
+                "role '{role}' is {power}: plugins would act with its power (run programs, read server files, end sessions). Connect as a role that only owns the migration's data, or set allow_privileged_role = true"
+            )),
+        }
+    }
+
+    fn pool(url: &str, options: &PostgresOptions) -> Result<Pool, String> {
+        let (search_path, max_connections) =
+            (options.search_path.as_deref(), options.max_connections);
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| format!("postgres connection string: {e}"))?;
@@ -48,22 +155,30 @@ impl PostgresDatabase {
             .options(options.trim())
             .application_name("plover")
             .connect_timeout(Duration::from_secs(5));
-        let pool = r2d2::Pool::builder()
+        Ok(r2d2::Pool::builder()
             .max_size(max_connections.max(1))
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(10))
             .test_on_check_out(false)
-            .build_unchecked(PostgresConnectionManager::new(config, NoTls));
-        Ok(PostgresDatabase { pool })
+            .build_unchecked(PostgresConnectionManager::new(config, NoTls)))
     }
 }
 
 impl SqlDatabase for PostgresDatabase {
     fn begin(&self, bounds: CallBounds) -> Result<Box<dyn SqlTransaction>, SqlError> {
-        let conn = self
-            .pool
+        let which = usize::from(bounds.read_only && self.read_only_pool.is_some());
+        let pool = if which == 1 {
+            self.read_only_pool.as_ref().expect("checked")
+        } else {
+            &self.pool
+        };
+        let mut conn = pool
             .get()
             .map_err(|e| SqlError::Unavailable(e.to_string()))?;
+        self.role_checked[which]
+            .get_or_init(|| self.check_role(&mut conn))
+            .clone()
+            .map_err(SqlError::InvalidArgument)?;
         let mut tx = PgTransaction {
             cancel: conn.cancel_token(),
             conn: Some(conn),
@@ -74,6 +189,7 @@ impl SqlDatabase for PostgresDatabase {
             cursors: BTreeMap::new(),
             buffered: BTreeMap::new(),
             aborted: None,
+            marker: format!("{:016x}", rand_marker()),
         };
         tx.start()?;
         Ok(Box::new(tx))
@@ -97,6 +213,17 @@ struct PgTransaction {
     /// The first error that aborted the transaction: PostgreSQL would silently turn a later
     /// `COMMIT` into a rollback, so the host remembers and says so.
     aborted: Option<String>,
+    /// A value only this transaction holds (`plover.call`, transaction-local): when a
+    /// statement leaves it gone, the statement ended the host's transaction.
+    marker: String,
+}
+
+/// A value no other call is likely to hold, for the transaction marker.
+fn rand_marker() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
 }
 
 impl PgTransaction {
@@ -104,7 +231,7 @@ impl PgTransaction {
     /// the call cancels the statement.
     fn conn(&mut self) -> Watched<'_> {
         Watched {
-            id: watch(&self.force_stop, &self.cancel),
+            id: watch(&self.force_stop, self.deadline, &self.cancel),
             conn: self
                 .conn
                 .as_mut()
@@ -123,13 +250,51 @@ impl PgTransaction {
 
     fn start(&mut self) -> Result<(), SqlError> {
         let ms = self.remaining_ms()?;
-        let mode = if self.read_only { " READ ONLY" } else { "" };
-        let sql = format!("BEGIN{mode}; SET LOCAL statement_timeout = {ms}");
+        let sql = if self.read_only {
+            // The SELECT takes the snapshot: from then on the transaction cannot be made
+            // read-write, and the marker tells whether it is still this one.
+            format!(
+                "BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SELECT set_config('plover.call', '{}', true)",
+                self.marker
+            )
+        } else {
+            format!("BEGIN; SET LOCAL statement_timeout = {ms}")
+        };
         self.conn().batch_execute(&sql).map_err(convert)
+    }
+
+    /// In a read-only call, after a statement of the plugin's: still the host's transaction?
+    /// If not, the statement ended it (a `COMMIT` however spelled): refuse, and fail the call.
+    fn still_ours(&mut self) -> Result<(), SqlError> {
+        if !self.read_only {
+            return Ok(());
+        }
+        let marker = {
+            let mut conn = self.conn();
+            conn.query_one("SELECT current_setting('plover.call', true)", &[])
+                .map(|row| row.get::<_, Option<String>>(0))
+        };
+        let ours = matches!(&marker, Ok(Some(m)) if *m == self.marker);
+        if ours || matches!(marker, Err(_)) && self.aborted.is_some() {
+            return Ok(());
+        }
+        let why = "the statement ended the host's read-only transaction".to_string();
+        self.aborted.get_or_insert(why.clone());
+        // Whatever runs now would run outside any transaction the host controls.
+        let _ = self.conn().batch_execute("ROLLBACK");
+        Err(SqlError::ReadOnly(why))
     }
 
     /// Refuse what must not reach the database, before sending anything.
     fn guard(&self, statement: &str) -> Result<(), SqlError> {
+        if self.read_only
+            && let Some(why) = self
+                .aborted
+                .as_ref()
+                .filter(|w| w.contains("ended the host's"))
+        {
+            return Err(SqlError::ReadOnly(why.clone()));
+        }
         if let Some(word) = transaction_control_keyword(statement, self.read_only) {
             let what = format!("'{word}' statements are the host's (one transaction per call)");
             return Err(if self.read_only {
@@ -194,7 +359,9 @@ impl SqlTransaction for PgTransaction {
         let params: Vec<Param> = params.iter().map(Param).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         let r = self.conn().execute(statement, &refs);
-        self.track(r)
+        let r = self.track(r);
+        self.still_ours()?;
+        r
     }
 
     fn query(
@@ -216,7 +383,9 @@ impl SqlTransaction for PgTransaction {
             // A server-side cursor: pages come from the server as asked, never all at once.
             let declare = format!("DECLARE {name} NO SCROLL CURSOR FOR {statement}");
             let r = self.conn().execute(declare.as_str(), &refs);
-            self.track(r)?;
+            let r = self.track(r);
+            self.still_ours()?;
+            r?;
             self.cursors.insert(name.clone(), None);
             return self.fetch_cursor(&name, page_size);
         }
@@ -229,7 +398,9 @@ impl SqlTransaction for PgTransaction {
                     .map(|rows| (columns(st.columns()), rows))
             })
         };
-        let (columns, rows) = self.track(r)?;
+        let r = self.track(r);
+        self.still_ours()?;
+        let (columns, rows) = r?;
         let mut rows: VecDeque<Vec<SqlValue>> = decode_rows(&rows)?.into();
         let n = page_size.clamp(1, MAX_PAGE_ROWS);
         let page: Vec<_> = rows.drain(..n.min(rows.len())).collect();
@@ -279,6 +450,10 @@ impl SqlTransaction for PgTransaction {
         self.track(r)
     }
 
+    fn failed(&self) -> Option<String> {
+        self.aborted.clone()
+    }
+
     fn commit_and_continue(&mut self) -> Result<(), SqlError> {
         if let Some(why) = &self.aborted {
             return Err(SqlError::InvalidArgument(format!(
@@ -318,17 +493,18 @@ impl Drop for PgTransaction {
     }
 }
 
-/// A statement in flight that a force stop of its call must cancel.
+/// A statement in flight that a force stop or the deadline of its call must cancel.
 struct InFlight {
     id: u64,
     stop: ForceStop,
+    deadline: Instant,
     cancel: CancelToken,
 }
 
 static IN_FLIGHT: Mutex<Vec<InFlight>> = Mutex::new(Vec::new());
 
 /// Register a statement about to run; [`Watched`] deregisters it when it is done.
-fn watch(stop: &ForceStop, cancel: &CancelToken) -> u64 {
+fn watch(stop: &ForceStop, deadline: Instant, cancel: &CancelToken) -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static WATCHER: OnceLock<()> = OnceLock::new();
     WATCHER.get_or_init(watch_force_stops);
@@ -336,13 +512,16 @@ fn watch(stop: &ForceStop, cancel: &CancelToken) -> u64 {
     IN_FLIGHT.lock().expect("in-flight lock").push(InFlight {
         id,
         stop: stop.clone(),
+        deadline,
         cancel: cancel.clone(),
     });
     id
 }
 
 /// One process-wide thread: every 10 ms, send a cancel request for each statement in flight
-/// whose call was stopped by force (once; the statement then fails with `57014`).
+/// whose call was stopped by force or ran past its deadline (once; the statement then fails
+/// with `57014`). The deadline holds even if the plugin lifted `statement_timeout` (with
+/// `set_config`, say): the server's own timeout is only the first line.
 fn watch_force_stops() {
     std::thread::Builder::new()
         .name("plover-sql-cancel".into())
@@ -351,10 +530,11 @@ fn watch_force_stops() {
                 std::thread::sleep(Duration::from_millis(10));
                 let stopped: Vec<CancelToken> = {
                     let mut in_flight = IN_FLIGHT.lock().expect("in-flight lock");
+                    let now = Instant::now();
                     let (stopped, running): (Vec<InFlight>, Vec<InFlight>) =
                         std::mem::take(&mut *in_flight)
                             .into_iter()
-                            .partition(|f| f.stop.is_triggered());
+                            .partition(|f| f.stop.is_triggered() || now >= f.deadline);
                     *in_flight = running;
                     stopped.into_iter().map(|f| f.cancel).collect()
                 };

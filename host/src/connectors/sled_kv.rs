@@ -114,6 +114,10 @@ impl KvBucket for SledBucket {
         })
     }
 
+    fn is_embedded(&self) -> bool {
+        true
+    }
+
     fn count(&self, prefix: &str) -> Result<u64, KvBackendError> {
         let mut n = 0;
         for item in self.tree.scan_prefix(prefix.as_bytes()).keys() {

@@ -4,7 +4,7 @@
 //! Invariant: a transaction opened for a read-only call can change nothing, and one opened
 //! for any call ends with that call (committed only if the call succeeded).
 
-use crate::runtime::ForceStop;
+use crate::stop::ForceStop;
 use std::time::Instant;
 
 /// A typed value, as a parameter or in a result row (see `sql-value` in the contract).
@@ -87,6 +87,8 @@ pub trait SqlTransaction: Send {
     fn batch(&mut self, script: &str) -> Result<(), SqlError>;
     /// Commit what was done so far and go on in a fresh transaction (a checkpoint).
     fn commit_and_continue(&mut self) -> Result<(), SqlError>;
+    /// Why the transaction can commit nothing any more (a statement failed, or ended it).
+    fn failed(&self) -> Option<String>;
     /// Commit (when `commit`) or roll back, and hand the connection back.
     fn finish(self: Box<Self>, commit: bool) -> Result<(), SqlError>;
 }
@@ -99,22 +101,33 @@ pub fn transaction_control_keyword(statement: &str, read_only: bool) -> Option<S
     const ALWAYS: [&str; 8] = [
         "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE", "DISCARD",
     ];
-    const READ_ONLY: [&str; 2] = ["SET", "RESET"];
+    const READ_ONLY: [&str; 9] = [
+        "SET",
+        "RESET",
+        "LISTEN",
+        "NOTIFY",
+        "UNLISTEN",
+        "COPY",
+        "CHECKPOINT",
+        "LOAD",
+        "CALL",
+    ];
     let word = first_keyword(statement)?.to_ascii_uppercase();
     let refused =
         ALWAYS.contains(&word.as_str()) || (read_only && READ_ONLY.contains(&word.as_str()));
     refused.then_some(word)
 }
 
-/// The first word of `statement` that is not inside a comment.
+/// The first word of `statement` that is not inside a comment. Block comments nest, as
+/// PostgreSQL reads them; empty statements (`;`) before it are skipped.
 pub(crate) fn first_keyword(statement: &str) -> Option<&str> {
     let mut rest = statement;
     loop {
-        rest = rest.trim_start();
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
         if let Some(after) = rest.strip_prefix("--") {
             rest = after.split_once('\n').map(|(_, r)| r).unwrap_or("");
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map(|(_, r)| r).unwrap_or("");
+        } else if rest.starts_with("/*") {
+            rest = after_block_comment(rest);
         } else {
             break;
         }
@@ -123,6 +136,29 @@ pub(crate) fn first_keyword(statement: &str) -> Option<&str> {
         .find(|c: char| !c.is_ascii_alphabetic())
         .unwrap_or(rest.len());
     (end > 0).then(|| &rest[..end])
+}
+
+/// What follows the (possibly nested) block comment `text` starts with; empty if unclosed.
+fn after_block_comment(text: &str) -> &str {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return &text[i..];
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    ""
 }
 
 #[cfg(test)]
@@ -140,6 +176,16 @@ mod tests {
         assert_eq!(refused("SELECT 1"), None);
         assert_eq!(refused("insert into t values (1)"), None);
         assert_eq!(refused("/* unterminated"), None);
+        assert_eq!(
+            refused("/*/**/*/ COMMIT").as_deref(),
+            Some("COMMIT"),
+            "block comments nest"
+        );
+        assert_eq!(
+            refused(";SET TRANSACTION READ WRITE").as_deref(),
+            Some("SET")
+        );
+        assert_eq!(refused("/* a /* b */ c */ select 1"), None);
         assert_eq!(refused(""), None);
         assert_eq!(
             transaction_control_keyword("SET LOCAL lock_timeout = 1000", false),

@@ -33,6 +33,8 @@ struct RunSetup {
     plugin: Arc<LoadedPlugin>,
     control: Arc<RunControl>,
     grants: Grants,
+    /// The most object results one step may record.
+    max_results: u64,
 }
 
 /// Start executing a job already moved to `executing`.
@@ -92,6 +94,9 @@ fn prepare(
         plugin,
         control,
         grants,
+        max_results: inner
+            .max_results_per_step
+            .load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -268,6 +273,7 @@ struct RunSetupRef {
     plugin: Arc<LoadedPlugin>,
     control: Arc<RunControl>,
     grants: Grants,
+    max_results: u64,
 }
 
 impl From<&RunSetup> for RunSetupRef {
@@ -277,6 +283,7 @@ impl From<&RunSetup> for RunSetupRef {
             plugin: s.plugin.clone(),
             control: s.control.clone(),
             grants: s.grants.clone(),
+            max_results: s.max_results,
         }
     }
 }
@@ -322,11 +329,10 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
         let Ok((attempt, checkpoint)) = started else {
             return StepEnd::Failed;
         };
-        let events = Arc::new(StepEvents::new(
-            handle.clone(),
-            setup.control.clone(),
-            &step.id,
-        ));
+        let events = Arc::new(
+            StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
+                .with_max_results(setup.max_results),
+        );
         let ctx = context(setup, events.clone(), checkpoint, options.step_timeout_secs);
         // Clone first: a guard inside the call expression would hold the record's lock for the
         // whole plugin call, and the plugin's own events need that lock.
@@ -394,8 +400,7 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
                 return interrupt(setup, step, &events, attempt);
             }
             Ok(Err(e)) if e.retryable && attempt < options.retry.attempts && !stopping => {
-                let discarded = events.discard_objects();
-                events.flush_logs();
+                let discarded = events.stop();
                 let wait = options.retry.backoff(attempt + 1);
                 let _ = handle.host_log(
                     LogLevel::Warning,
@@ -456,8 +461,7 @@ fn sleep_unless_stopped(control: &RunControl, wait: Duration) -> bool {
 }
 
 fn interrupt(setup: &RunSetupRef, step: &PlanStep, events: &StepEvents, attempt: u32) -> StepEnd {
-    events.discard_objects();
-    events.flush_logs();
+    events.stop();
     let _ = setup.handle.update(|rec| {
         let s = rec.step_mut(&step.id).expect("step");
         s.status = StepStatus::Interrupted;
@@ -482,8 +486,7 @@ fn fail_step(
     kind: &str,
     message: &str,
 ) -> StepEnd {
-    let discarded = events.discard_objects();
-    events.flush_logs();
+    let discarded = events.stop();
     let _ = setup.handle.update(|rec| {
         let s = rec.step_mut(&step.id).expect("step");
         s.status = if phase == "rollback" { StepStatus::RollbackFailed } else { StepStatus::Failed };
@@ -608,11 +611,10 @@ fn rollback_step(
                 (),
             )
         });
-        let events = Arc::new(StepEvents::new(
-            handle.clone(),
-            setup.control.clone(),
-            &step.id,
-        ));
+        let events = Arc::new(
+            StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
+                .with_max_results(setup.max_results),
+        );
         let ctx = context(setup, events.clone(), None, options.step_timeout_secs);
         let spec = handle.lock().spec.clone();
         match setup.plugin.rollback(&ctx, &spec, step) {
@@ -641,7 +643,7 @@ fn rollback_step(
                 kind,
                 message,
             })) if attempt < options.retry.attempts => {
-                events.flush_logs();
+                events.stop();
                 let wait = options.retry.backoff(attempt + 1);
                 let _ = handle.host_log(
                     LogLevel::Warning,

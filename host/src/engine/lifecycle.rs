@@ -160,6 +160,13 @@ impl Engine {
         self.inner.dry_calls.set_limit(n);
     }
 
+    /// At most `n` object results per step; a step that records more stops.
+    pub fn set_max_results_per_step(&self, n: u64) {
+        self.inner
+            .max_results_per_step
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn resolve_plugin(&self, requirement: &str) -> Result<Arc<LoadedPlugin>, EngineError> {
         Ok(self.inner.registry.resolve(requirement)?)
     }

@@ -139,6 +139,8 @@ pub(crate) struct Inner {
     final_hooks: Mutex<Vec<FinalHook>>,
     /// Slots for `plan` and `validate` calls.
     dry_calls: permits::Permits,
+    /// The most object results one step may record.
+    max_results_per_step: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -152,13 +154,18 @@ impl Inner {
         id: &str,
         grants: &BTreeMap<String, String>,
     ) -> Result<Grants, String> {
-        let mut connected = Grants::new(self.connections.job_state(id));
+        let mut connectors = Vec::with_capacity(grants.len());
         for (binding, connection) in grants {
             let connector = self
                 .connections
                 .connect(connection)
                 .map_err(|e| format!("grant '{binding}': {e}"))?;
-            connected = connected.with(binding.clone(), connector);
+            connectors.push((binding.clone(), connector));
+        }
+        let outside = connectors.iter().any(|(_, c)| !c.is_embedded());
+        let mut connected = Grants::new(self.connections.job_state(id, outside));
+        for (binding, connector) in connectors {
+            connected = connected.with(binding, connector);
         }
         Ok(connected)
     }
@@ -201,6 +208,7 @@ impl Engine {
             dry_calls: permits::Permits::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             ),
+            max_results_per_step: crate::runtime::bounds::DEFAULT_MAX_RESULTS_PER_STEP.into(),
         };
         Ok(Engine {
             inner: Arc::new(inner),
@@ -375,8 +383,8 @@ impl Engine {
             .map(|o| IndexedObject {
                 index: o.index,
                 step: steps.get(o.step as usize).cloned().unwrap_or_default(),
-                at: o.object.at,
-                result: o.object.result,
+                at: o.at,
+                result: o.result,
             })
             .collect())
     }
@@ -490,7 +498,9 @@ impl crate::runtime::JobEvents for CollectedLogs {
         }
     }
     fn progress(&self, _: u64, _: Option<u64>, _: Option<String>) {}
-    fn objects(&self, _: Vec<ObjectResult>) {}
+    fn objects(&self, _: Vec<ObjectResult>) -> Result<(), String> {
+        Ok(())
+    }
     fn checkpoint(&self, _: Vec<u8>) {}
     fn is_cancelled(&self) -> bool {
         self.control.as_ref().is_some_and(|c| c.is_stopping())

@@ -5,20 +5,28 @@
 //! arrive, so host memory does not grow with their number; a step resumed after a crash or
 //! retried after a failure stages again from its last committed count, overwriting what was
 //! staged and never committed. So no result is lost or counted twice.
-//! Logs and progress are batched and flushed at most every [`FLUSH_EVERY`] (or sooner when
-//! [`MAX_PENDING_LOG_BYTES`] of log text wait).
+//!
+//! Every commit waits for the disk, so commits are batched: logs and progress at most every
+//! [`FLUSH_EVERY`] (or sooner when [`MAX_PENDING_LOG_BYTES`] of log text wait), checkpoints at
+//! most every [`CHECKPOINT_EVERY`] — a checkpoint arriving sooner waits in memory, replaced by
+//! the next, and is committed by that one (or when the step is stopped). A crash then resumes
+//! from the last committed checkpoint, redoing at most that much work; handlers make batches
+//! idempotent for exactly this (the SDK documents it).
 
 use super::handle::{JobHandle, RunControl};
 use super::job::{EventBody, JobRecord, LogSource, eta_seconds, progress_of};
 use crate::model::{LogLevel, ObjectResult, ObjectStatus};
 use crate::runtime::JobEvents;
-use crate::store::{ObjectSegment, StagedObject, StoreError};
+use crate::store::{ObjectSegment, StoreError};
 use chrono::Utc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest time logs and progress wait in memory before they are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// Shortest time between two checkpoint commits of one step.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Log text that waits in memory before it is written regardless of [`FLUSH_EVERY`].
 pub const MAX_PENDING_LOG_BYTES: usize = 1 << 20;
@@ -27,20 +35,30 @@ pub const MAX_PENDING_LOG_BYTES: usize = 1 << 20;
 /// `/objects`): enough for a live view, bounded whatever the batch size.
 pub const OBJECTS_PER_EVENT: usize = 100;
 
+/// Object results staged and not yet committed.
+#[derive(Default, Clone)]
+struct Staged {
+    count: u64,
+    /// Success, error, skipped.
+    by_status: [u64; 3],
+    /// The first few, for the feed event.
+    sample: Vec<ObjectResult>,
+    last_object: Option<String>,
+}
+
 #[derive(Default)]
 struct Pending {
     logs: Vec<(LogLevel, String)>,
     log_bytes: usize,
-    /// Results staged since the last commit, by status.
-    staged: u64,
-    by_status: [u64; 3],
-    /// The first few staged results, for the feed event.
-    sample: Vec<ObjectResult>,
-    last_object: Option<String>,
+    staged: Staged,
+    /// The newest checkpoint not yet committed, with what was staged when it was saved.
+    checkpoint: Option<(Vec<u8>, Staged)>,
+    last_checkpoint_commit: Option<Instant>,
     progress: Option<(u64, Option<u64>, Option<String>)>,
     progress_dirty: bool,
     last_flush: Option<Instant>,
-    /// A staging write failed: the step cannot record its results, so it must not complete.
+    /// A staging write or a commit failed: the step's results are not all recorded, so it
+    /// must not complete.
     failure: Option<StoreError>,
 }
 
@@ -56,6 +74,8 @@ pub struct StepEvents {
     pending: Mutex<Pending>,
     /// When false, events are only recorded (tracking disabled, for the benchmark).
     tracking: bool,
+    /// The most object results the step may record.
+    max_results: u64,
 }
 
 impl StepEvents {
@@ -76,7 +96,14 @@ impl StepEvents {
             committed: Mutex::new(committed),
             pending: Mutex::new(Pending::default()),
             tracking: true,
+            max_results: crate::runtime::bounds::DEFAULT_MAX_RESULTS_PER_STEP,
         }
+    }
+
+    /// At most `n` object results for the step (the host's `max_object_results_per_step`).
+    pub fn with_max_results(mut self, n: u64) -> Self {
+        self.max_results = n;
+        self
     }
 
     /// A sink that keeps nothing (used to measure what tracking costs).
@@ -94,7 +121,22 @@ impl StepEvents {
     /// Write logs and progress now (objects wait for a checkpoint).
     pub fn flush_logs(&self) {
         let mut p = self.pending();
-        self.commit(&mut p, None, false);
+        self.commit(&mut p, CommitObjects::None);
+    }
+
+    /// The step stops without completing (paused, cancelled, failed): commit the newest
+    /// checkpoint still waiting in memory, with the results staged before it, so a resume
+    /// redoes as little as possible; results staged after it are dropped (a resume stages
+    /// them again), as are logs and progress, which are written.
+    pub fn stop(&self) -> u64 {
+        let mut p = self.pending();
+        let pending_checkpoint = p.checkpoint.is_some();
+        if pending_checkpoint {
+            self.commit(&mut p, CommitObjects::AtCheckpoint);
+        } else {
+            self.commit(&mut p, CommitObjects::None);
+        }
+        std::mem::take(&mut p.staged).count
     }
 
     /// Why the step's results could not be recorded, if they could not.
@@ -112,38 +154,37 @@ impl StepEvents {
         if !self.tracking {
             return (vec![], vec![]);
         }
-        self.drain_into(&mut p, true, rec)
+        p.checkpoint = None;
+        self.drain_into(&mut p, CommitObjects::All, rec)
     }
 
-    /// Objects staged since the last checkpoint, discarded when a step fails: a retry or
-    /// resume starts from that checkpoint, stages them again and overwrites these.
-    pub fn discard_objects(&self) -> u64 {
-        let mut p = self.pending();
-        let n = p.staged;
-        p.staged = 0;
-        p.by_status = [0; 3];
-        p.sample.clear();
-        p.last_object = None;
-        n
-    }
-
-    fn commit(&self, p: &mut Pending, checkpoint: Option<Vec<u8>>, with_objects: bool) {
+    fn commit(&self, p: &mut Pending, objects: CommitObjects) {
         if !self.tracking {
             return;
         }
         let step = self.step.clone();
+        let checkpoint = match objects {
+            CommitObjects::AtCheckpoint => p.checkpoint.as_ref().map(|(data, _)| data.clone()),
+            _ => None,
+        };
         let result = self.handle.update_with_objects(|rec| {
-            let (mut events, segments) =
-                self.drain_into(p, with_objects || checkpoint.is_some(), rec);
+            let (mut events, segments) = self.drain_into(p, objects, rec);
             if let (Some(cp), Some(s)) = (checkpoint, rec.step_mut(&step)) {
                 s.checkpoint = Some(cp);
             }
             events.shrink_to_fit();
             (events, segments, ())
         });
-        if let Err(e) = result {
-            tracing::error!(job = %self.handle.lock().id, error = %e, "could not record step events");
-            p.failure.get_or_insert(e);
+        match result {
+            Ok(()) => {
+                if objects == CommitObjects::AtCheckpoint {
+                    p.last_checkpoint_commit = Some(Instant::now());
+                }
+            }
+            Err(e) => {
+                tracing::error!(job = %self.handle.lock().id, error = %e, "could not record step events");
+                p.failure.get_or_insert(e);
+            }
         }
     }
 
@@ -151,7 +192,7 @@ impl StepEvents {
     fn drain_into(
         &self,
         p: &mut Pending,
-        with_objects: bool,
+        objects: CommitObjects,
         rec: &mut JobRecord,
     ) -> (Vec<EventBody>, Vec<ObjectSegment>) {
         let mut events = Vec::new();
@@ -165,35 +206,46 @@ impl StepEvents {
                 message,
             });
         }
-        if with_objects && p.staged > 0 {
+        let done = match objects {
+            CommitObjects::None => None,
+            CommitObjects::All => Some(std::mem::take(&mut p.staged)),
+            CommitObjects::AtCheckpoint => p.checkpoint.take().map(|(_, at)| {
+                // What was staged after the checkpoint stays pending.
+                p.staged.count -= at.count;
+                for (rest, then) in p.staged.by_status.iter_mut().zip(at.by_status) {
+                    *rest -= then;
+                }
+                p.staged.sample.clear();
+                at
+            }),
+        };
+        if let Some(done) = done.filter(|d| d.count > 0) {
             let mut committed = self.committed.lock().expect("committed lock");
-            let count = p.staged;
-            let [ok, failed, skipped] = std::mem::take(&mut p.by_status);
+            let [ok, failed, skipped] = done.by_status;
             rec.counts.completed += ok;
             rec.counts.failed += failed;
             rec.counts.skipped += skipped;
             crate::metrics::objects_recorded(ok, failed, skipped);
-            if let Some(last) = p.last_object.take() {
+            if let Some(last) = done.last_object {
                 rec.current_object = Some(last);
             }
             let first_index = rec.object_index;
-            rec.object_index += count;
+            rec.object_index += done.count;
             if let Some(s) = rec.step_mut(&self.step) {
-                s.objects += count;
+                s.objects += done.count;
             }
             segments.push(ObjectSegment {
                 first_index,
                 step: self.ordinal,
                 first_staged: *committed,
-                count,
+                count: done.count,
             });
-            *committed += count;
-            p.staged = 0;
+            *committed += done.count;
             events.push(EventBody::Objects {
                 step: self.step.clone(),
                 first_index,
-                count,
-                results: std::mem::take(&mut p.sample),
+                count: done.count,
+                results: done.sample,
             });
         }
         if p.progress_dirty {
@@ -229,35 +281,43 @@ impl StepEvents {
 
     /// Stage `results` after those staged so far.
     fn stage(&self, p: &mut Pending, results: Vec<ObjectResult>) {
-        let first = *self.committed.lock().expect("committed lock") + p.staged;
-        let at = Utc::now();
-        let staged: Vec<StagedObject> = results
-            .into_iter()
-            .map(|result| StagedObject { at, result })
-            .collect();
+        let first = *self.committed.lock().expect("committed lock") + p.staged.count;
         let id = self.handle.lock().id.clone();
-        if let Err(e) = self
-            .handle
-            .store()
-            .stage_objects(&id, self.ordinal, first, &staged)
+        if let Err(e) =
+            self.handle
+                .store()
+                .stage_objects(&id, self.ordinal, first, Utc::now(), &results)
         {
             tracing::error!(job = %id, error = %e, "could not stage object results");
             p.failure.get_or_insert(e);
             return;
         }
-        for o in staged {
-            p.by_status[match o.result.status {
+        let staged = &mut p.staged;
+        staged.count += results.len() as u64;
+        if let Some(last) = results.last() {
+            staged.last_object = Some(last.name.clone());
+        }
+        for o in results {
+            staged.by_status[match o.status {
                 ObjectStatus::Success => 0,
                 ObjectStatus::Error => 1,
                 ObjectStatus::Skipped => 2,
             }] += 1;
-            p.staged += 1;
-            p.last_object = Some(o.result.name.clone());
-            if p.sample.len() < OBJECTS_PER_EVENT {
-                p.sample.push(o.result);
+            if staged.sample.len() < OBJECTS_PER_EVENT {
+                staged.sample.push(o);
             }
         }
     }
+}
+
+/// Which staged object results a commit makes visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitObjects {
+    None,
+    /// Those staged before the pending checkpoint, with it.
+    AtCheckpoint,
+    /// Every one (the step completed).
+    All,
 }
 
 impl JobEvents for StepEvents {
@@ -266,7 +326,7 @@ impl JobEvents for StepEvents {
         p.log_bytes += message.len();
         p.logs.push((level, message));
         if Self::due(&p) {
-            self.commit(&mut p, None, false);
+            self.commit(&mut p, CommitObjects::None);
         }
     }
 
@@ -275,20 +335,38 @@ impl JobEvents for StepEvents {
         p.progress = Some((done, total, current_object));
         p.progress_dirty = true;
         if Self::due(&p) {
-            self.commit(&mut p, None, false);
+            self.commit(&mut p, CommitObjects::None);
         }
     }
 
-    fn objects(&self, results: Vec<ObjectResult>) {
-        if self.tracking {
-            let mut p = self.pending();
-            self.stage(&mut p, results);
+    fn objects(&self, results: Vec<ObjectResult>) -> Result<(), String> {
+        if !self.tracking {
+            return Ok(());
         }
+        let mut p = self.pending();
+        let total =
+            *self.committed.lock().expect("committed lock") + p.staged.count + results.len() as u64;
+        if total > self.max_results {
+            crate::metrics::limit_hit("results-per-step");
+            return Err(format!(
+                "step '{}' would hold {total} object results; this host allows {} per step",
+                self.step, self.max_results
+            ));
+        }
+        self.stage(&mut p, results);
+        Ok(())
     }
 
     fn checkpoint(&self, data: Vec<u8>) {
         let mut p = self.pending();
-        self.commit(&mut p, Some(data), true);
+        let at = p.staged.clone();
+        p.checkpoint = Some((data, at));
+        let due = p
+            .last_checkpoint_commit
+            .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+        if due {
+            self.commit(&mut p, CommitObjects::AtCheckpoint);
+        }
     }
 
     fn is_cancelled(&self) -> bool {

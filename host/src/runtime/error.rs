@@ -61,6 +61,8 @@ pub enum PluginFailure {
     Connector { message: String },
     #[error("exceeded a limit: {message}")]
     LimitExceeded { message: String },
+    #[error("exited with status {code} (a plugin must return, not call exit)")]
+    Exited { code: i32 },
     #[error("stopped: the host's database is damaged ({message})")]
     DataCorruption { message: String },
 }
@@ -96,6 +98,7 @@ impl PluginFailure {
             PluginFailure::Instantiate { .. } => "instantiate",
             PluginFailure::Connector { .. } => "connector",
             PluginFailure::LimitExceeded { .. } => "limit-exceeded",
+            PluginFailure::Exited { .. } => "exit",
             PluginFailure::DataCorruption { .. } => "data-corruption",
         }
     }

@@ -8,6 +8,7 @@
 //! - Nothing a plugin does can panic or hang the host: traps, limits and refused writes come
 //!   back as [`PluginError`]s naming the plugin, the call and the cause.
 
+pub mod bounds;
 pub mod cache;
 mod clock;
 pub mod contract;
@@ -56,6 +57,8 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: usize,
     /// Limits for plugins loaded without their own.
     pub default_limits: SandboxLimits,
+    /// Deadline of `describe` when a plugin is loaded.
+    pub describe_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -66,6 +69,7 @@ impl Default for RuntimeConfig {
             pooling: true,
             max_wasm_stack: 512 * 1024,
             default_limits: SandboxLimits::default(),
+            describe_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -208,16 +212,23 @@ impl Runtime {
             exports: vec![format!("a handler interface of another shape ({e:#})")],
         })?;
 
-        let label = format!("plugin sha256:{}", &sha256[..12]);
+        // Until describe says who it is, a plugin is named by its hash.
+        let label = format!("sha256:{}", &sha256[..12]);
+        // describe answers at once or not at all: a short deadline, so a plugin that loops
+        // there cannot hold an upload (or the start-up) for a whole call deadline.
+        let describe_limits = SandboxLimits {
+            call_timeout: limits.call_timeout.min(self.config.describe_timeout),
+            ..limits.clone()
+        };
         let target = plugin::CallTarget {
             pre: &pre,
             engine: &self.engine,
-            limits: &limits,
+            limits: &describe_limits,
             fuel_metering: self.config.fuel_metering,
             label: &label,
         };
-        let info = LoadedPlugin::describe_with(&target).map_err(LoadError::Describe)?;
-        let version = check_info(&info)?;
+        let mut info = LoadedPlugin::describe_with(&target).map_err(LoadError::Describe)?;
+        let version = check_info(&mut info)?;
         let plugin = LoadedPlugin {
             info,
             version,
@@ -248,7 +259,20 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-fn check_info(info: &crate::model::PluginInfo) -> Result<Version, LoadError> {
+/// At most `max` characters of what a plugin said, for an error message.
+fn shown(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        format!(
+            "{}… ({} bytes)",
+            text.chars().take(max).collect::<String>(),
+            text.len()
+        )
+    }
+}
+
+fn check_info(info: &mut crate::model::PluginInfo) -> Result<Version, LoadError> {
     let name_ok = !info.name.is_empty()
         && info.name.len() <= 64
         && info
@@ -258,12 +282,20 @@ fn check_info(info: &crate::model::PluginInfo) -> Result<Version, LoadError> {
     if !name_ok {
         return Err(LoadError::BadInfo(format!(
             "name '{}' must be 1-64 lower-case letters, digits or dashes",
-            info.name
+            shown(&info.name, 64)
         )));
     }
     if info.kinds.is_empty() {
         return Err(LoadError::BadInfo(format!(
             "{} handles no job kinds",
+            info.name
+        )));
+    }
+    bounds::info(info).map_err(|why| LoadError::BadInfo(format!("{}: {why}", info.name)))?;
+    if info.version.len() > 64 {
+        return Err(LoadError::BadInfo(format!(
+            "version '{}' of {} is longer than 64 bytes",
+            shown(&info.version, 64),
             info.name
         )));
     }

@@ -134,6 +134,37 @@ impl LoadedPlugin {
         }
     }
 
+    /// Hold what a call returned to the bounds of [`super::bounds`]: texts are cut, and a
+    /// value the host cannot keep (a plan too large) fails the call as `limit-exceeded`.
+    fn bounded<T>(
+        &self,
+        call: Call,
+        result: Result<HandlerResult<T>, PluginError>,
+        check: impl FnOnce(&mut T) -> Result<(), String>,
+    ) -> Result<HandlerResult<T>, PluginError> {
+        match result {
+            Ok(Ok(mut value)) => match check(&mut value) {
+                Ok(()) => Ok(Ok(value)),
+                Err(message) => {
+                    crate::metrics::get()
+                        .kills
+                        .with_label_values(&["limit-exceeded"])
+                        .inc();
+                    Err(PluginError {
+                        plugin: self.label(),
+                        call,
+                        cause: PluginFailure::LimitExceeded { message },
+                    })
+                }
+            },
+            Ok(Err(mut e)) => {
+                super::bounds::error(&mut e);
+                Ok(Err(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ask the plugin to plan `spec`. Read-only.
     pub fn plan(
         &self,
@@ -141,10 +172,12 @@ impl LoadedPlugin {
         spec: &model::MigrationSpec,
     ) -> Result<HandlerResult<model::Plan>, PluginError> {
         let spec = v0_1::wit::MigrationSpec::from(spec);
-        self.call(Call::Plan, Some(job), Access::ReadOnly, |store, p| {
-            p.plover_migration_handler().call_plan(store, &spec)
-        })
-        .map(|r| r.map(Into::into).map_err(Into::into))
+        let result = self
+            .call(Call::Plan, Some(job), Access::ReadOnly, |store, p| {
+                p.plover_migration_handler().call_plan(store, &spec)
+            })
+            .map(|r| r.map(Into::into).map_err(Into::into));
+        self.bounded(Call::Plan, result, super::bounds::plan)
     }
 
     /// Dry-run `plan`. Read-only.
@@ -156,11 +189,16 @@ impl LoadedPlugin {
     ) -> Result<HandlerResult<model::ValidationReport>, PluginError> {
         let spec = v0_1::wit::MigrationSpec::from(spec);
         let plan = v0_1::wit::MigrationPlan::from(plan);
-        self.call(Call::Validate, Some(job), Access::ReadOnly, |store, p| {
-            p.plover_migration_handler()
-                .call_validate(store, &spec, &plan)
+        let result = self
+            .call(Call::Validate, Some(job), Access::ReadOnly, |store, p| {
+                p.plover_migration_handler()
+                    .call_validate(store, &spec, &plan)
+            })
+            .map(|r| r.map(Into::into).map_err(Into::into));
+        self.bounded(Call::Validate, result, |r| {
+            super::bounds::report(r);
+            Ok(())
         })
-        .map(|r| r.map(Into::into).map_err(Into::into))
     }
 
     /// Run one step, continuing from `job.checkpoint`.
@@ -173,20 +211,25 @@ impl LoadedPlugin {
         let spec = v0_1::wit::MigrationSpec::from(spec);
         let wit_step = v0_1::wit::PlanStep::from(step);
         let checkpoint = job.checkpoint.clone();
-        self.call(
-            Call::Execute(step.id.clone()),
-            Some(job),
-            Access::ReadWrite,
-            |store, p| {
-                p.plover_migration_handler().call_execute(
-                    store,
-                    &spec,
-                    &wit_step,
-                    checkpoint.as_deref(),
-                )
-            },
-        )
-        .map(|r| r.map(Into::into).map_err(Into::into))
+        let result = self
+            .call(
+                Call::Execute(step.id.clone()),
+                Some(job),
+                Access::ReadWrite,
+                |store, p| {
+                    p.plover_migration_handler().call_execute(
+                        store,
+                        &spec,
+                        &wit_step,
+                        checkpoint.as_deref(),
+                    )
+                },
+            )
+            .map(|r| r.map(Into::into).map_err(Into::into));
+        self.bounded(Call::Execute(step.id.clone()), result, |r| {
+            super::bounds::step_report(r);
+            Ok(())
+        })
     }
 
     /// Undo one step.
@@ -198,16 +241,21 @@ impl LoadedPlugin {
     ) -> Result<HandlerResult<model::StepReport>, PluginError> {
         let spec = v0_1::wit::MigrationSpec::from(spec);
         let wit_step = v0_1::wit::PlanStep::from(step);
-        self.call(
-            Call::Rollback(step.id.clone()),
-            Some(job),
-            Access::ReadWrite,
-            |store, p| {
-                p.plover_migration_handler()
-                    .call_rollback(store, &spec, &wit_step)
-            },
-        )
-        .map(|r| r.map(Into::into).map_err(Into::into))
+        let result = self
+            .call(
+                Call::Rollback(step.id.clone()),
+                Some(job),
+                Access::ReadWrite,
+                |store, p| {
+                    p.plover_migration_handler()
+                        .call_rollback(store, &spec, &wit_step)
+                },
+            )
+            .map(|r| r.map(Into::into).map_err(Into::into));
+        self.bounded(Call::Rollback(step.id.clone()), result, |r| {
+            super::bounds::step_report(r);
+            Ok(())
+        })
     }
 
     /// Benchmark hook: make a store and instantiate, calling nothing.
@@ -385,8 +433,9 @@ impl CallTarget<'_> {
         };
         let outcome = f(&mut store, &instance);
         // Connector transactions end with the call: committed only if it succeeded.
-        let commit = access == Access::ReadWrite && matches!(&outcome, Ok(r) if r.succeeded());
-        let finished = store.data_mut().finish_transactions(commit);
+        let succeeded = matches!(&outcome, Ok(r) if r.succeeded());
+        let commit = access == Access::ReadWrite && succeeded;
+        let finished = store.data_mut().finish_transactions(commit, succeeded);
         let state = store.data();
         if !state.denied_writes.is_empty() {
             return Err(fail(PluginFailure::WriteDenied {
@@ -398,6 +447,31 @@ impl CallTarget<'_> {
         finished.map_err(|e| fail(PluginFailure::Connector { message: e.0 }))?;
         Ok(value)
     }
+}
+
+/// How many times one function appears on the guest's stack at a trap that is to be read
+/// as a stack overflow (a guest's own stack is 1 MiB: a few hundred frames of a few KiB).
+const DEEP_RECURSION: usize = 16;
+
+/// The most frames any one function has on the guest's stack when `err` trapped.
+fn recursion_depth(err: &wasmtime::Error) -> usize {
+    let Some(trace) = err.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return 0;
+    };
+    let mut counts = std::collections::HashMap::new();
+    for frame in trace.frames() {
+        *counts.entry(frame.func_index()).or_insert(0usize) += 1;
+    }
+    counts.into_values().max().unwrap_or(0)
+}
+
+/// The guest function that made the failing host call, when the component keeps names.
+fn calling_function(err: &wasmtime::Error) -> Option<String> {
+    let trace = err.downcast_ref::<wasmtime::WasmBacktrace>()?;
+    trace
+        .frames()
+        .iter()
+        .find_map(|f| f.func_name().map(str::to_string))
 }
 
 /// Name the cause of a failed call from the error and what the store saw.
@@ -430,10 +504,29 @@ fn classify(
             message: message.clone(),
         };
     }
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return PluginFailure::Exited { code: exit.0 };
+    }
     let stderr = state.stderr.text();
     let trap = err.downcast_ref::<Trap>();
+    if format!("{err:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return PluginFailure::LimitExceeded {
+            message: format!(
+                "a call to the host carried more data than one host call may ({} bytes){}",
+                store.hostcall_fuel(),
+                calling_function(err)
+                    .map(|f| format!("; it was called from {f}"))
+                    .unwrap_or_default()
+            ),
+        };
+    }
     match trap {
         Some(Trap::StackOverflow) => return PluginFailure::StackOverflow,
+        // A guest whose stack in linear memory runs out writes below it: that is an
+        // out-of-bounds access, deep in a recursion.
+        Some(Trap::MemoryOutOfBounds) if recursion_depth(err) >= DEEP_RECURSION => {
+            return PluginFailure::StackOverflow;
+        }
         Some(Trap::OutOfFuel) => {
             return PluginFailure::OutOfFuel {
                 fuel: limits.fuel.unwrap_or(u64::MAX),

@@ -6,7 +6,7 @@ use super::host_imports::Refusal;
 use std::time::Duration;
 
 /// Every cause a kill can have, so each is shown (at 0) before it first happens.
-pub const CAUSES: [&str; 12] = [
+pub const CAUSES: [&str; 13] = [
     "deadline",
     "force-stopped",
     "out-of-fuel",
@@ -19,6 +19,7 @@ pub const CAUSES: [&str; 12] = [
     "connector",
     "limit-exceeded",
     "data-corruption",
+    "exit",
 ];
 pub const CONNECTORS: [&str; 3] = ["kv", "sql", "http"];
 pub const REFUSALS: [&str; 3] = ["not-granted", "read-only", "denied"];

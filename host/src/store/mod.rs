@@ -85,20 +85,14 @@ pub struct ObjectSegment {
     pub count: u64,
 }
 
-/// One object result as staged, with what the list shows beside it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StagedObject {
-    pub at: DateTime<Utc>,
-    #[serde(flatten)]
-    pub result: ObjectResult,
-}
-
-/// One visible object result: its position (the paging cursor) and the step it belongs to.
+/// One visible object result: its position (the paging cursor), the step it belongs to and
+/// when it was reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
     pub index: u64,
     pub step: u32,
-    pub object: StagedObject,
+    pub at: DateTime<Utc>,
+    pub result: ObjectResult,
 }
 
 /// One atomic, durable write.
@@ -163,14 +157,17 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<FeedEvent>, StoreError>;
     /// Log events with `seq > after`, oldest first, at most `limit`.
     fn logs_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError>;
-    /// Write object results of step `step` as its results number `first_staged..`; invisible
-    /// until a commit names them in an [`ObjectSegment`], and not durable before that commit.
+    /// Write object results of step `step`, reported together at `at`, as its results number
+    /// `first_staged..`; invisible until a commit names them in an [`ObjectSegment`], and not
+    /// durable before that commit. Whatever was staged there before (by an attempt that never
+    /// committed) is replaced.
     fn stage_objects(
         &self,
         id: &str,
         step: u32,
         first_staged: u64,
-        objects: &[StagedObject],
+        at: DateTime<Utc>,
+        objects: &[ObjectResult],
     ) -> Result<(), StoreError>;
     /// Visible object results with position `>= from`, in order, at most `limit`.
     fn objects_from(

@@ -31,7 +31,12 @@ impl http::Host for CallState {
             body: request.body,
         };
         let target = format!("{} {}", request.method, request.url);
-        let sent = connection.send(request, self.read_only(), self.wait_limit.deadline);
+        let sent = connection.send(
+            request,
+            self.read_only(),
+            self.wait_limit.deadline,
+            &self.wait_limit.force_stop,
+        );
         Ok(match sent {
             Ok(r) => Ok(http::Response {
                 status: r.status,

@@ -17,6 +17,7 @@ mod sql;
 pub use kv::OpenBucket;
 pub use sql::OpenSql;
 
+use super::bounds;
 use super::contract::v0_1::plover::migration::{job, types};
 use super::events::JobEvents;
 use super::sandbox::{CallLimiter, GuestStderr};
@@ -55,9 +56,6 @@ pub(crate) struct ConnectorFailure(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct StoreCorruption(pub String);
-
-/// Longest log line kept; longer ones are cut (a guest cannot flood the host's memory).
-const MAX_LOG_LINE: usize = 64 * 1024;
 
 /// Everything one store holds. A fresh one is made for every call.
 pub struct CallState {
@@ -121,9 +119,24 @@ impl CallState {
 
     /// End every SQL transaction of the call: commit when `commit`, else roll back. The first
     /// commit that fails is returned; the others are still ended.
-    pub(crate) fn finish_transactions(&mut self, commit: bool) -> Result<(), ConnectorFailure> {
+    /// A call that `succeeded` but whose transaction failed (a statement failed, or ended
+    /// it) fails too, read-only or not: `sql.wit` says so, and a dry run that swallowed a
+    /// database error proves nothing.
+    pub(crate) fn finish_transactions(
+        &mut self,
+        commit: bool,
+        succeeded: bool,
+    ) -> Result<(), ConnectorFailure> {
         let mut first_error = None;
         for (binding, tx) in std::mem::take(&mut self.sql) {
+            if succeeded
+                && !commit
+                && let Some(why) = tx.failed()
+            {
+                first_error.get_or_insert(ConnectorFailure(format!(
+                    "the call returned success, but a SQL statement on '{binding}' failed ({why})"
+                )));
+            }
             if let Err(e) = tx.finish(commit) {
                 first_error.get_or_insert(ConnectorFailure(format!(
                     "committing the SQL transaction on '{binding}' failed: {e}"
@@ -138,14 +151,7 @@ impl types::Host for CallState {}
 
 impl job::Host for CallState {
     fn log(&mut self, level: job::LogLevel, mut message: String) -> wasmtime::Result<()> {
-        if message.len() > MAX_LOG_LINE {
-            let cut = (0..=MAX_LOG_LINE)
-                .rev()
-                .find(|&i| message.is_char_boundary(i))
-                .unwrap_or(0);
-            message.truncate(cut);
-            message.push_str(" [cut]");
-        }
+        bounds::cut(&mut message, bounds::MAX_MESSAGE, "log-line");
         if let Some(job) = &self.job {
             job.events.log(level.into(), message);
         }
@@ -156,8 +162,11 @@ impl job::Host for CallState {
         &mut self,
         done: u64,
         total: Option<u64>,
-        current: Option<String>,
+        mut current: Option<String>,
     ) -> wasmtime::Result<()> {
+        if let Some(c) = &mut current {
+            bounds::cut(c, bounds::MAX_OBJECT_NAME, "object-name");
+        }
         if let Some(job) = &self.job {
             job.events.progress(done, total, current);
         }
@@ -169,9 +178,27 @@ impl job::Host for CallState {
     }
 
     fn record_objects(&mut self, outcomes: Vec<types::ObjectResult>) -> wasmtime::Result<()> {
+        if outcomes.len() > bounds::MAX_RESULTS_PER_CALL {
+            crate::metrics::limit_hit("results-per-call");
+            return Err(LimitExceeded(format!(
+                "record-objects passed {} results in one call; the limit is {}",
+                outcomes.len(),
+                bounds::MAX_RESULTS_PER_CALL
+            ))
+            .into());
+        }
         if let Some(job) = &self.job {
+            let results = outcomes
+                .into_iter()
+                .map(|o| {
+                    let mut o = ObjectResult::from(o);
+                    bounds::object(&mut o);
+                    o
+                })
+                .collect();
             job.events
-                .objects(outcomes.into_iter().map(ObjectResult::from).collect());
+                .objects(results)
+                .map_err(|why| LimitExceeded(format!("record-objects: {why}")))?;
         }
         Ok(())
     }
@@ -181,6 +208,15 @@ impl job::Host for CallState {
     }
 
     fn save_checkpoint(&mut self, data: Vec<u8>) -> wasmtime::Result<()> {
+        if data.len() > bounds::MAX_CHECKPOINT {
+            crate::metrics::limit_hit("checkpoint");
+            return Err(LimitExceeded(format!(
+                "save-checkpoint passed {} bytes; a checkpoint may hold {}",
+                data.len(),
+                bounds::MAX_CHECKPOINT
+            ))
+            .into());
+        }
         let allowed =
             self.access == Access::ReadWrite && self.job.as_ref().is_some_and(|j| j.may_checkpoint);
         if !allowed {

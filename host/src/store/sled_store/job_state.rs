@@ -3,9 +3,11 @@
 //! for every job keeps the database's size linear in what is stored (a tree per job made
 //! sled rewrite its tree metadata as jobs were added).
 //!
-//! Invariant: a write returns only once it is on disk. Handlers keep rollback journals here
-//! and then change systems outside the host (Redis, PostgreSQL): the journal must survive a
-//! crash that the change it describes survives.
+//! Invariant: a write is on disk before any change it precedes can be. Handlers keep rollback
+//! journals here and then change other systems: for a job granted a system outside the host's
+//! database (Redis, PostgreSQL, HTTP), a write returns only once it is on disk; for a job that
+//! writes only into the host's database, sled's log keeps the order (a crash loses a suffix of
+//! writes, never an earlier one while keeping a later one), so no flush is needed.
 
 use super::super::StoreError;
 use super::{GroupFlush, keys, sled_error};
@@ -45,10 +47,11 @@ impl SledJobState {
         self.quota_bytes
     }
 
-    /// Job `job`'s bucket.
-    pub fn bucket(&self, job: &str) -> Arc<JobStateBucket> {
+    /// Job `job`'s bucket; with `outside`, every write is on disk before it returns.
+    pub fn bucket(&self, job: &str, outside: bool) -> Arc<JobStateBucket> {
         Arc::new(JobStateBucket {
             space: self.clone(),
+            sync: outside,
             prefix: format!("k/{job}/").into_bytes(),
             usage_key: format!("u/{job}").into_bytes(),
         })
@@ -103,14 +106,16 @@ impl SledJobState {
 }
 
 impl crate::connectors::JobStateSpace for SledJobState {
-    fn bucket(&self, job: &str) -> Arc<dyn KvBucket> {
-        SledJobState::bucket(self, job)
+    fn bucket(&self, job: &str, outside: bool) -> Arc<dyn KvBucket> {
+        SledJobState::bucket(self, job, outside)
     }
 }
 
 /// One job's state bucket.
 pub struct JobStateBucket {
     space: SledJobState,
+    /// Wait for the disk after each write (the job writes outside the host's database).
+    sync: bool,
     prefix: Vec<u8>,
     usage_key: Vec<u8>,
 }
@@ -174,7 +179,9 @@ impl JobStateBucket {
         }
         batch.insert(self.usage_key.clone(), &usage.to_be_bytes()[..]);
         tree.apply_batch(batch).map_err(sled_backend)?;
-        self.space.flush.sync().map_err(backend)?;
+        if self.sync {
+            self.space.flush.sync().map_err(backend)?;
+        }
         Ok(existed)
     }
 }
@@ -238,6 +245,10 @@ impl KvBucket for JobStateBucket {
         })
     }
 
+    fn is_embedded(&self) -> bool {
+        true
+    }
+
     fn count(&self, prefix: &str) -> Result<u64, KvBackendError> {
         let mut n = 0;
         for item in self.space.tree.scan_prefix(self.key(prefix)).keys() {
@@ -262,7 +273,7 @@ mod tests {
     #[test]
     fn buckets_of_different_jobs_are_apart_and_usage_is_counted() {
         let (_dir, space) = space(1000);
-        let (a, b) = (space.bucket("job-a"), space.bucket("job-ab"));
+        let (a, b) = (space.bucket("job-a", true), space.bucket("job-ab", false));
         a.set_many(&[("k1".into(), vec![1; 10]), ("k2".into(), vec![2; 10])])
             .unwrap();
         b.set_many(&[("k1".into(), vec![9; 5])]).unwrap();
@@ -286,7 +297,7 @@ mod tests {
     #[test]
     fn a_write_past_the_quota_is_refused_and_changes_nothing() {
         let (_dir, space) = space(100);
-        let a = space.bucket("job");
+        let a = space.bucket("job", true);
         a.set_many(&[("x".into(), vec![0; 90])]).unwrap();
         let err = a.set_many(&[("y".into(), vec![0; 20])]).unwrap_err();
         assert!(err.is_quota(), "{err}");

@@ -9,11 +9,12 @@ pub use group_flush::GroupFlush;
 pub use job_state::SledJobState;
 
 use super::{
-    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StagedObject, StoreError,
-    StoredObject,
+    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StoreError, StoredObject,
 };
 use crate::engine::job::{EventBody, FeedEvent, JobRecord, JobSummary};
 use crate::engine::state::JobStatus;
+use crate::model::ObjectResult;
+use chrono::{DateTime, Utc};
 use keys::IndexMeta;
 use std::sync::{Arc, Mutex};
 
@@ -360,6 +361,42 @@ impl SledJobStore {
     }
 }
 
+/// The largest chunk of staged object results (more than one result is never cut apart).
+const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Object results staged by one report of a step.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StagedChunk {
+    at: DateTime<Utc>,
+    results: Vec<ObjectResult>,
+}
+
+impl SledJobStore {
+    /// The staged chunk holding result `staged` of step `step`: (step, its first number, it).
+    fn chunk_at(
+        &self,
+        id: &str,
+        step: u32,
+        staged: u64,
+    ) -> Result<(u32, u64, StagedChunk), StoreError> {
+        let missing =
+            || StoreError::corrupt(format!("object result {staged} of job {id} is missing"));
+        let (k, v) = self
+            .tree
+            .range(keys::staged(id, step, 0)..=keys::staged(id, step, staged))
+            .next_back()
+            .ok_or_else(missing)?
+            .map_err(|e| sled_error("reading object results", e))?;
+        let chunk: StagedChunk =
+            serde_json::from_slice(&v).map_err(|e| json_error("object results", e))?;
+        let start = keys::tail_number(&k);
+        if staged >= start + chunk.results.len() as u64 {
+            return Err(missing());
+        }
+        Ok((step, start, chunk))
+    }
+}
+
 /// What the start-up check found.
 #[derive(Debug, Default)]
 pub struct IntegrityReport {
@@ -580,15 +617,44 @@ impl JobStore for SledJobStore {
         id: &str,
         step: u32,
         first_staged: u64,
-        objects: &[StagedObject],
+        at: DateTime<Utc>,
+        objects: &[ObjectResult],
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (i, o) in objects.iter().enumerate() {
-            batch.insert(
-                keys::staged(id, step, first_staged + i as u64),
-                serde_json::to_vec(o).map_err(|e| json_error("an object result", e))?,
-            );
+        if objects.is_empty() {
+            return Ok(());
         }
+        let mut batch = sled::Batch::default();
+        // Chunks an earlier, uncommitted attempt staged inside this range would shadow it.
+        let first = keys::staged(id, step, first_staged);
+        let end = keys::staged(id, step, first_staged + objects.len() as u64);
+        for k in self.tree.range(first..end).keys() {
+            batch.remove(k.map_err(|e| sled_error("staging object results", e))?);
+        }
+        // Chunks of at most CHUNK_BYTES: sled writes a value over a quarter of a segment as a
+        // file of its own (a "blob"), and rewrites a whole leaf when one of its values changes.
+        let at = serde_json::to_string(&at).map_err(|e| json_error("a time", e))?;
+        let mut chunk = String::new();
+        let mut chunk_first = first_staged;
+        let mut in_chunk = 0u64;
+        for (i, o) in objects.iter().enumerate() {
+            let one = serde_json::to_string(o).map_err(|e| json_error("an object result", e))?;
+            if in_chunk > 0 && chunk.len() + one.len() > CHUNK_BYTES {
+                chunk.push_str("]}");
+                batch.insert(keys::staged(id, step, chunk_first), chunk.as_bytes());
+                chunk.clear();
+                chunk_first = first_staged + i as u64;
+                in_chunk = 0;
+            }
+            if in_chunk == 0 {
+                chunk.push_str(&format!("{{\"at\":{at},\"results\":["));
+            } else {
+                chunk.push(',');
+            }
+            chunk.push_str(&one);
+            in_chunk += 1;
+        }
+        chunk.push_str("]}");
+        batch.insert(keys::staged(id, step, chunk_first), chunk.as_bytes());
         // Not synced: the commit that makes them visible flushes them with it (sled's log is
         // written in order, so what a durable commit follows is durable too).
         self.tree
@@ -603,42 +669,33 @@ impl JobStore for SledJobStore {
         limit: usize,
     ) -> Result<Vec<StoredObject>, StoreError> {
         let mut out = Vec::with_capacity(limit.min(5000));
-        let Some((mut first, mut seg)) = self.segment_at_or_before(id, from)? else {
-            // Segments cover positions from 0 without gaps: none at or before `from`, none at all.
-            return Ok(out);
-        };
         let mut next = from;
-        loop {
-            let end = first + seg.count;
-            while next < end && out.len() < limit {
-                let staged = seg.first_staged + (next - first);
-                let v = self
-                    .tree
-                    .get(keys::staged(id, seg.step, staged))
-                    .map_err(|e| sled_error("reading object results", e))?
-                    .ok_or_else(|| {
-                        StoreError::corrupt(format!("object result {next} of job {id} is missing"))
-                    })?;
-                out.push(StoredObject {
-                    index: next,
-                    step: seg.step,
-                    object: serde_json::from_slice(&v)
-                        .map_err(|e| json_error("an object result", e))?,
-                });
-                next += 1;
+        let mut chunk: Option<(u32, u64, StagedChunk)> = None;
+        while out.len() < limit {
+            let Some((first, seg)) = self.segment_at_or_before(id, next)? else {
+                break;
+            };
+            if next >= first + seg.count {
+                break; // past the last segment
             }
-            if out.len() >= limit {
-                return Ok(out);
+            let staged = seg.first_staged + (next - first);
+            let in_chunk = chunk.as_ref().is_some_and(|(step, start, c)| {
+                *step == seg.step && staged >= *start && staged < start + c.results.len() as u64
+            });
+            if !in_chunk {
+                chunk = Some(self.chunk_at(id, seg.step, staged)?);
             }
-            next = next.max(end);
-            match self.segment_at_or_before(id, next)? {
-                Some((f, s)) if f + s.count > next => {
-                    first = f;
-                    seg = s;
-                }
-                _ => return Ok(out),
-            }
+            let (_, start, c) = chunk.as_ref().expect("loaded above");
+            let result = c.results[(staged - start) as usize].clone();
+            out.push(StoredObject {
+                index: next,
+                step: seg.step,
+                at: c.at,
+                result,
+            });
+            next += 1;
         }
+        Ok(out)
     }
 
     fn delete(&self, id: &str) -> Result<(), StoreError> {
