@@ -91,8 +91,22 @@ impl Server {
     /// Run `plover serve` over `data_dir` expecting it to refuse to start: its exit status and
     /// what it wrote to stderr.
     pub fn start_failing(data_dir: &Path, plugins: &Path) -> (std::process::ExitStatus, String) {
+        Self::start_failing_with_config(data_dir, plugins, "")
+    }
+
+    /// [`Server::start_failing`] with a configuration file holding `toml`.
+    pub fn start_failing_with_config(
+        data_dir: &Path,
+        plugins: &Path,
+        toml: &str,
+    ) -> (std::process::ExitStatus, String) {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let config = data_dir.join("test-config.toml");
+        std::fs::write(&config, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
             .arg("serve")
+            .arg("--config")
+            .arg(&config)
             .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--plugins-dir")

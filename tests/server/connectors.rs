@@ -4,7 +4,7 @@
 //! not block the run that follows.
 
 use super::common::{ADMIN, Server, plugin_dir};
-use plover_tests::services::{POSTGRES_URL, REDIS_URL, RedisPrefix, Schema, redis};
+use plover_tests::services::{REDIS_URL, RedisPrefix, Schema, redis};
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -9,3 +9,4 @@ mod connectors;
 mod durability;
 mod hardening;
 mod kill;
+mod sandbox;

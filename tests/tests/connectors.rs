@@ -284,6 +284,229 @@ fn sql_writes_scripts_and_transaction_escapes_are_refused_during_validate() {
     );
 }
 
+/// Run `ops` in `phase` (`plan` or `validate`); the sandbox's failure of the call, if any.
+fn dry_run(h: &TestHarness, phase: &str, ops: Value) -> Option<PluginFailure> {
+    let spec = ops_spec(h, phase, ops);
+    let outcome = if phase == "plan" {
+        h.plan(&spec).map(|_| ())
+    } else {
+        let plan = h.plan(&ops_spec(h, "execute", json!([]))).unwrap();
+        h.validate(&spec, &plan).map(|_| ())
+    };
+    match outcome {
+        Ok(()) => None,
+        Err(HarnessError::Plugin(e)) => Some(e.cause),
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+fn sql(statement: &str) -> Value {
+    json!({ "op": "sql-execute", "binding": "db", "statement": statement })
+}
+
+#[test]
+fn sql_dry_runs_stay_dry_whatever_the_statement_text_says() {
+    let schema = Schema::new("drystays");
+    schema
+        .client()
+        .batch_execute(
+            "CREATE TABLE t (v int); INSERT INTO t VALUES (1); CREATE SEQUENCE s; \
+             CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS 'UPDATE t SET v = v + 1 RETURNING v'",
+        )
+        .unwrap();
+    let h = probe(&schema);
+    let escapes = [
+        json!([
+            sql(";SET TRANSACTION READ WRITE"),
+            sql("INSERT INTO t VALUES (2)"),
+            sql(";COMMIT")
+        ]),
+        json!([
+            sql("/*/**/*/ SET TRANSACTION READ WRITE"),
+            sql("DELETE FROM t"),
+            sql("/*/**/*/ COMMIT")
+        ]),
+        json!([sql("UPDATE t SET v = 9")]),
+        json!([
+            sql("SELECT set_config('transaction_read_only', 'off', true)"),
+            sql("INSERT INTO t VALUES (3)")
+        ]),
+        json!([
+            sql("SELECT set_config('default_transaction_read_only', 'off', false)"),
+            sql("/* x */ end"),
+            sql("INSERT INTO t VALUES (4)")
+        ]),
+        json!([
+            sql("DO $$ BEGIN COMMIT; END $$"),
+            sql("INSERT INTO t VALUES (5)")
+        ]),
+        json!([sql("SELECT nextval('s')")]),
+        json!([sql("SELECT bump()")]),
+        json!([sql("NOTIFY anyone"), sql("LISTEN here")]),
+        json!([
+            sql("SAVEPOINT a"),
+            sql("INSERT INTO t VALUES (6)"),
+            sql("ROLLBACK TO SAVEPOINT a"),
+            sql("RELEASE a")
+        ]),
+    ];
+    for ops in escapes {
+        for phase in ["plan", "validate"] {
+            let failure = dry_run(&h, phase, ops.clone());
+            assert!(
+                failure.is_some(),
+                "{phase} {ops}: the dry run must fail, not pass"
+            );
+            assert_eq!(
+                count_rows(&schema, "t"),
+                1,
+                "{phase} {ops}: nothing changed"
+            );
+            let v: i32 = schema
+                .client()
+                .query_one("SELECT v FROM t", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(v, 1, "{phase} {ops}");
+        }
+    }
+    let next: i64 = schema
+        .client()
+        .query_one("SELECT last_value FROM s", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 1, "the sequence was never advanced");
+}
+
+#[test]
+fn a_dry_run_that_swallows_a_database_error_does_not_pass() {
+    let schema = Schema::new("swallow");
+    let h = probe(&schema);
+    // The probe reports each error as data and returns success.
+    let failure = dry_run(&h, "validate", json!([sql("SELECT * FROM no_such_table")]));
+    match failure {
+        Some(PluginFailure::Connector { message }) => assert!(
+            message.contains("a SQL statement on 'db' failed") && message.contains("no_such_table"),
+            "{message}"
+        ),
+        other => panic!("expected the dry run to fail, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_call_deadline_holds_even_when_the_plugin_lifts_the_statement_timeout() {
+    let schema = Schema::new("deadline");
+    let mut h = TestHarness::load_in(
+        std::sync::Arc::new(
+            plover_host::runtime::Runtime::new(plover_host::runtime::RuntimeConfig::default())
+                .unwrap(),
+        ),
+        artifacts::CONNECTOR_PROBE,
+        plover_host::runtime::SandboxLimits {
+            call_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    h.grant_connector("db", schema.connector());
+    let started = std::time::Instant::now();
+    let failure = dry_run(
+        &h,
+        "validate",
+        json!([
+            sql("SELECT set_config('statement_timeout', '0', false)"),
+            sql("SELECT pg_sleep(60)")
+        ]),
+    );
+    let took = started.elapsed();
+    assert!(
+        failure.is_some(),
+        "a dry run past its deadline does not pass"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the 2 s deadline held: {took:?}"
+    );
+}
+
+#[test]
+fn a_privileged_role_is_refused_and_dry_runs_can_use_a_read_only_role() {
+    use plover_host::connectors::postgres::{PostgresDatabase, PostgresOptions};
+    let schema = Schema::new("roles");
+    schema
+        .client()
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let superuser = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector(
+        "db",
+        Connector::Sql(Arc::new(PostgresDatabase::new(superuser, None, 1).unwrap())),
+    );
+    let answers = execute_ops(&h, json!([sql("SELECT 1")]));
+    let refused = answers[0]["err"].as_str().unwrap();
+    assert!(
+        refused.contains("role 'postgres' is a superuser")
+            && refused.contains("allow_privileged_role"),
+        "{refused}"
+    );
+    let allowed = PostgresDatabase::with_options(
+        superuser,
+        &PostgresOptions {
+            max_connections: 1,
+            allow_privileged_role: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(allowed.check_roles_now().unwrap());
+
+    // A role that may only read: dry runs connect as it.
+    let reader = format!("{}_ro", schema.name);
+    plover_tests::services::postgres()
+        .batch_execute(&format!(
+            "CREATE ROLE {reader} LOGIN; GRANT USAGE ON SCHEMA {s} TO {reader}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {reader}",
+            s = schema.name
+        ))
+        .unwrap();
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector(
+        "db",
+        Connector::Sql(Arc::new(
+            PostgresDatabase::with_options(
+                &schema.url(),
+                &PostgresOptions {
+                    search_path: Some(schema.name.clone()),
+                    max_connections: 2,
+                    read_only_url: Some(format!(
+                        "host=127.0.0.1 port=5432 user={reader} dbname=test"
+                    )),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )),
+    );
+    let spec = ops_spec(
+        &h,
+        "validate",
+        json!([{ "op": "sql-query", "binding": "db", "statement": "SELECT current_user::text" }]),
+    );
+    let plan = h.plan(&spec).unwrap();
+    let report = h.validate(&spec, &plan).unwrap();
+    assert!(report.findings[0].message.contains(&reader), "{report:?}");
+    let answers = execute_ops(
+        &h,
+        json!([{ "op": "sql-query", "binding": "db", "statement": "SELECT current_user::text" }]),
+    );
+    assert!(
+        answers[0].to_string().contains(&schema.role),
+        "execute uses the main role"
+    );
+    let _ = plover_tests::services::postgres()
+        .batch_execute(&format!("DROP OWNED BY {reader}; DROP ROLE {reader}"));
+}
+
 #[test]
 fn sql_transaction_control_is_refused_in_execute_too() {
     let schema = Schema::new("control");
@@ -365,48 +588,222 @@ fn http_server() -> (String, Arc<AtomicUsize>) {
     let counter = hits.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(stream) = stream else { continue };
             counter.fetch_add(1, Ordering::SeqCst);
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap_or(0);
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let path = request_line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .to_string();
-            let (status, extra, body) = match path.as_str() {
-                "/ok" => ("200 OK", String::new(), b"hello".to_vec()),
-                "/to-ok" => ("302 Found", "Location: /ok\r\n".into(), vec![]),
-                "/away" => (
-                    "302 Found",
-                    "Location: http://blocked.example/steal\r\n".into(),
-                    vec![],
-                ),
-                "/big" => ("200 OK", String::new(), vec![b'x'; 64 * 1024]),
-                _ => ("404 Not Found", String::new(), vec![]),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&body);
+            std::thread::spawn(move || answer(stream));
         }
     });
     (base, hits)
+}
+
+/// Answer one request of [`http_server`]'s.
+fn answer(mut stream: std::net::TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap_or(0);
+    let mut length = 0usize;
+    let mut headers = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        headers.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    let (status, extra, body) = match path.as_str() {
+        "/ok" => ("200 OK", String::new(), b"hello".to_vec()),
+        "/to-ok" => ("302 Found", "Location: /ok\r\n".into(), vec![]),
+        "/away" => (
+            "302 Found",
+            "Location: http://blocked.example/steal\r\n".into(),
+            vec![],
+        ),
+        "/big" => ("200 OK", String::new(), vec![b'x'; 64 * 1024]),
+        // Promise 1000 bytes, then send one every 200 ms.
+        "/trickle" => {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+            for _ in 0..1000 {
+                if stream.write_all(b"t").is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            return;
+        }
+        // Promise 1000 bytes, send 10, hang up.
+        "/dies" => {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
+            return;
+        }
+        "/echo-headers" => ("200 OK", String::new(), headers.into_bytes()),
+        _ => ("404 Not Found", String::new(), vec![]),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+}
+
+fn http_op(method: &str, url: &str, body: &str, headers: Value) -> Value {
+    json!({ "op": "http", "binding": "api", "method": method, "url": url, "body": body, "headers": headers })
+}
+
+#[test]
+fn http_in_a_dry_run_sends_nothing_that_could_write_and_the_host_owns_framing() {
+    let (base, hits) = http_server();
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector("api", http_connection(&base, true));
+    let url = format!("{base}/echo-headers");
+    let refusals: [(Value, &str); 6] = [
+        (http_op("GET", &url, "a body", json!([])), "carries no body"),
+        (
+            http_op(
+                "HEAD",
+                &url,
+                "",
+                json!([["X-HTTP-Method-Override", "DELETE"]]),
+            ),
+            "could turn the request into a write",
+        ),
+        (
+            http_op("GET", &url, "", json!([["Host", "internal.example"]])),
+            "is the host's to set",
+        ),
+        (
+            http_op("GET", &url, "", json!([["Transfer-Encoding", "chunked"]])),
+            "is the host's to set",
+        ),
+        (
+            http_op("GET", &url, "", json!([["x-evil", "a\r\nX-Injected: 1"]])),
+            "contains a line break",
+        ),
+        (
+            http_op("GET", &url, "", json!([["bad header", "1"]])),
+            "is not a valid token",
+        ),
+    ];
+    for (op, expected) in refusals {
+        let before = hits.load(Ordering::SeqCst);
+        let spec = ops_spec(&h, "validate", json!([op.clone()]));
+        let plan = h.plan(&ops_spec(&h, "execute", json!([]))).unwrap();
+        let outcome = h.validate(&spec, &plan);
+        let text = match outcome {
+            Ok(report) => report.findings[0].message.clone(),
+            Err(e) => e.to_string(),
+        };
+        assert!(text.contains(expected), "{op}: {text}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            before,
+            "{op}: nothing was sent"
+        );
+    }
+    // A header line break is refused in execute too, clearly (not "builder error").
+    let answers = execute_ops(
+        &h,
+        json!([http_op("POST", &url, "", json!([["x-evil", "a\r\nb"]]))]),
+    );
+    assert!(
+        answers[0]["err"]
+            .as_str()
+            .unwrap()
+            .contains("contains a line break"),
+        "{answers:?}"
+    );
+    // And a plain GET in a dry run still goes through.
+    let spec = ops_spec(&h, "validate", json!([http_op("GET", &url, "", json!([]))]));
+    let plan = h.plan(&ops_spec(&h, "execute", json!([]))).unwrap();
+    let report = h.validate(&spec, &plan).unwrap();
+    assert!(
+        report.findings[0].message.contains("x-probe: 1"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn an_http_exchange_ends_at_the_deadline_or_a_force_stop_however_slow_the_server() {
+    let (base, _) = http_server();
+    let mut h = TestHarness::load_in(
+        std::sync::Arc::new(
+            plover_host::runtime::Runtime::new(plover_host::runtime::RuntimeConfig::default())
+                .unwrap(),
+        ),
+        artifacts::CONNECTOR_PROBE,
+        plover_host::runtime::SandboxLimits {
+            call_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    h.grant_connector("api", http_connection(&base, true));
+    // A body trickled a byte every 200 ms for 200 s: the 2 s call deadline ends the exchange
+    // and the call.
+    let started = std::time::Instant::now();
+    let spec = ops_spec(
+        &h,
+        "execute",
+        json!([http_op("GET", &format!("{base}/trickle"), "", json!([]))]),
+    );
+    let plan = h.plan(&spec).unwrap();
+    let outcome = h.execute(&spec, &plan.steps[0], None);
+    let took = started.elapsed();
+    assert!(
+        matches!(&outcome, Err(HarnessError::Plugin(e)) if matches!(e.cause, PluginFailure::Deadline { .. })),
+        "{outcome:?}"
+    );
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+
+    // A force stop ends it at once, mid-body.
+    let stop = h.force_stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stop.trigger();
+    });
+    let started = std::time::Instant::now();
+    let spec = ops_spec(
+        &h,
+        "execute",
+        json!([http_op("GET", &format!("{base}/trickle"), "", json!([]))]),
+    );
+    let plan = h.plan(&spec).unwrap();
+    let outcome = h.execute(&spec, &plan.steps[0], None);
+    assert!(
+        matches!(&outcome, Err(HarnessError::Plugin(e)) if e.cause == PluginFailure::ForceStopped),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_response_cut_off_mid_body_is_an_error_not_a_success() {
+    let (base, _) = http_server();
+    let mut h = TestHarness::load(artifacts::CONNECTOR_PROBE).unwrap();
+    h.grant_connector("api", http_connection(&base, true));
+    let answers = execute_ops(
+        &h,
+        json!([http_op("GET", &format!("{base}/dies"), "", json!([]))]),
+    );
+    let err = answers[0]["err"].as_str().unwrap();
+    assert!(
+        err.contains("Transport") && err.contains("end of file before message length"),
+        "{err}"
+    );
 }
 
 fn http_connection(base: &str, allow_private: bool) -> Connector {

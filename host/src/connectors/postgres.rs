@@ -275,7 +275,7 @@ impl PgTransaction {
                 .map(|row| row.get::<_, Option<String>>(0))
         };
         let ours = matches!(&marker, Ok(Some(m)) if *m == self.marker);
-        if ours || matches!(marker, Err(_)) && self.aborted.is_some() {
+        if ours || marker.is_err() && self.aborted.is_some() {
             return Ok(());
         }
         let why = "the statement ended the host's read-only transaction".to_string();

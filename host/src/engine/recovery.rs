@@ -37,11 +37,9 @@ impl Engine {
                         )
                     });
                 }
-                JobStatus::Executing => {
-                    if resume_execution(&handle).unwrap_or(false) {
-                        executor::spawn_execution(&self.inner, &handle);
-                        resumed.push(id);
-                    }
+                JobStatus::Executing if resume_execution(&handle).unwrap_or(false) => {
+                    executor::spawn_execution(&self.inner, &handle);
+                    resumed.push(id);
                 }
                 JobStatus::RollingBack => {
                     let _ = handle.host_log(

@@ -104,7 +104,7 @@ pub fn report(r: &mut ValidationReport) {
     if r.findings.len() > MAX_FINDINGS {
         let extra = r.findings.len() - (MAX_FINDINGS - 1);
         // Keep the most severe first, so the dropped ones are the least telling.
-        r.findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+        r.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         let worst = r.findings[MAX_FINDINGS - 1..]
             .iter()
             .map(|f| f.severity)
