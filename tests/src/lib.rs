@@ -106,6 +106,11 @@ pub mod services {
             format!("host=127.0.0.1 port=5432 user={} dbname=test", self.role)
         }
 
+        /// A connection string for Plover's own store in this schema (its tables land there).
+        pub fn store_url(&self) -> String {
+            format!("{} options='-c search_path={}'", self.url(), self.name)
+        }
+
         /// The host's SQL connector for this schema, as a job would be granted it.
         pub fn connector(&self) -> Connector {
             Connector::Sql(Arc::new(

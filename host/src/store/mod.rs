@@ -1,5 +1,5 @@
-//! Durable job state behind a small interface, so another backend can replace sled without
-//! touching the engine.
+//! Durable job state behind a small interface with two backends: sled, embedded (the
+//! default), and PostgreSQL, the shared system of record of several nodes.
 //!
 //! Invariants every backend keeps:
 //! - [`JobStore::commit`] is atomic *and durable when it returns*: a record, the events
@@ -15,7 +15,11 @@
 //!   position. Totals come from counters kept in the same commits, never from a scan.
 //! - A record that cannot be read back is quarantined (kept aside, logged), never fatal.
 
+mod pg_store;
+mod records;
 mod sled_store;
+
+pub use pg_store::{PgJobState, PgJobStore, connect as connect_postgres, schema as pg_schema};
 
 pub use sled_store::{
     DEFAULT_CACHE_BYTES, GroupFlush, IntegrityReport, SledJobState, SledJobStore, open_database,

@@ -8,6 +8,10 @@ mod keys;
 pub use group_flush::GroupFlush;
 pub use job_state::SledJobState;
 
+use super::records::{
+    ObjectSource, StagedChunk, chunk_results, decode_chunk, join_record, json_error, read_objects,
+    split_record,
+};
 use super::{
     Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StoreError, StoredObject,
 };
@@ -34,10 +38,6 @@ pub(crate) fn sled_error(what: &str, e: sled::Error) -> StoreError {
         }
         other => StoreError::unavailable(format!("{what}: {other}")),
     }
-}
-
-fn json_error(what: &str, e: serde_json::Error) -> StoreError {
-    StoreError::corrupt(format!("{what}: {e}"))
 }
 
 /// Open the sled database in `path`. sled panics on some kinds of damage instead of returning
@@ -90,51 +90,6 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError>
             .unwrap_or_else(|| "no reason given".into());
         StoreError::corrupt(format!("{what} is damaged: sled could not read it ({why})"))
     })
-}
-
-/// The fields of a record that change rarely (creation, re-planning, a dry run, an approval):
-/// stored apart, so the commits of a running job do not rewrite them.
-const DEFINITION_FIELDS: [&str; 11] = [
-    "created_at",
-    "created_by",
-    "handler",
-    "plugin",
-    "spec",
-    "grants",
-    "options",
-    "plan",
-    "plan_hash",
-    "dry_run",
-    "approval",
-];
-
-/// A record as two JSON documents: its changing part and its definition.
-fn split_record(record: &JobRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-    let serde_json::Value::Object(mut state) =
-        serde_json::to_value(record).map_err(|e| json_error("a record", e))?
-    else {
-        return Err(StoreError::corrupt("a record is not a JSON object"));
-    };
-    let definition: serde_json::Map<String, serde_json::Value> = DEFINITION_FIELDS
-        .iter()
-        .filter_map(|f| state.remove(*f).map(|v| (f.to_string(), v)))
-        .collect();
-    Ok((
-        serde_json::to_vec(&state).map_err(|e| json_error("a record", e))?,
-        serde_json::to_vec(&definition).map_err(|e| json_error("a record", e))?,
-    ))
-}
-
-/// The record whose two parts are `state` and `definition`.
-fn join_record(state: &[u8], definition: Option<&[u8]>) -> Result<JobRecord, String> {
-    let mut joined: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(state).map_err(|e| e.to_string())?;
-    if let Some(d) = definition {
-        let d: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(d).map_err(|e| e.to_string())?;
-        joined.extend(d);
-    }
-    serde_json::from_value(serde_json::Value::Object(joined)).map_err(|e| e.to_string())
 }
 
 /// How many keys one batch of a bulk deletion removes.
@@ -338,7 +293,9 @@ impl SledJobStore {
     fn decode_event(&self, v: &[u8]) -> Result<FeedEvent, StoreError> {
         serde_json::from_slice(v).map_err(|e| json_error("an event", e))
     }
+}
 
+impl ObjectSource for SledJobStore {
     fn segment_at_or_before(
         &self,
         id: &str,
@@ -359,41 +316,24 @@ impl SledJobStore {
             None => Ok(None),
         }
     }
-}
 
-/// The largest chunk of staged object results (more than one result is never cut apart).
-const CHUNK_BYTES: usize = 16 * 1024;
-
-/// Object results staged by one report of a step.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StagedChunk {
-    at: DateTime<Utc>,
-    results: Vec<ObjectResult>,
-}
-
-impl SledJobStore {
-    /// The staged chunk holding result `staged` of step `step`: (step, its first number, it).
-    fn chunk_at(
+    fn chunk_at_or_before(
         &self,
         id: &str,
         step: u32,
         staged: u64,
-    ) -> Result<(u32, u64, StagedChunk), StoreError> {
-        let missing =
-            || StoreError::corrupt(format!("object result {staged} of job {id} is missing"));
-        let (k, v) = self
+    ) -> Result<Option<(u64, StagedChunk)>, StoreError> {
+        match self
             .tree
             .range(keys::staged(id, step, 0)..=keys::staged(id, step, staged))
             .next_back()
-            .ok_or_else(missing)?
-            .map_err(|e| sled_error("reading object results", e))?;
-        let chunk: StagedChunk =
-            serde_json::from_slice(&v).map_err(|e| json_error("object results", e))?;
-        let start = keys::tail_number(&k);
-        if staged >= start + chunk.results.len() as u64 {
-            return Err(missing());
+        {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| sled_error("reading object results", e))?;
+                Ok(Some((keys::tail_number(&k), decode_chunk(&v)?)))
+            }
+            None => Ok(None),
         }
-        Ok((step, start, chunk))
     }
 }
 
@@ -630,31 +570,9 @@ impl JobStore for SledJobStore {
         for k in self.tree.range(first..end).keys() {
             batch.remove(k.map_err(|e| sled_error("staging object results", e))?);
         }
-        // Chunks of at most CHUNK_BYTES: sled writes a value over a quarter of a segment as a
-        // file of its own (a "blob"), and rewrites a whole leaf when one of its values changes.
-        let at = serde_json::to_string(&at).map_err(|e| json_error("a time", e))?;
-        let mut chunk = String::new();
-        let mut chunk_first = first_staged;
-        let mut in_chunk = 0u64;
-        for (i, o) in objects.iter().enumerate() {
-            let one = serde_json::to_string(o).map_err(|e| json_error("an object result", e))?;
-            if in_chunk > 0 && chunk.len() + one.len() > CHUNK_BYTES {
-                chunk.push_str("]}");
-                batch.insert(keys::staged(id, step, chunk_first), chunk.as_bytes());
-                chunk.clear();
-                chunk_first = first_staged + i as u64;
-                in_chunk = 0;
-            }
-            if in_chunk == 0 {
-                chunk.push_str(&format!("{{\"at\":{at},\"results\":["));
-            } else {
-                chunk.push(',');
-            }
-            chunk.push_str(&one);
-            in_chunk += 1;
+        for (first, chunk) in chunk_results(first_staged, at, objects)? {
+            batch.insert(keys::staged(id, step, first), chunk);
         }
-        chunk.push_str("]}");
-        batch.insert(keys::staged(id, step, chunk_first), chunk.as_bytes());
         // Not synced: the commit that makes them visible flushes them with it (sled's log is
         // written in order, so what a durable commit follows is durable too).
         self.tree
@@ -668,34 +586,7 @@ impl JobStore for SledJobStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<StoredObject>, StoreError> {
-        let mut out = Vec::with_capacity(limit.min(5000));
-        let mut next = from;
-        let mut chunk: Option<(u32, u64, StagedChunk)> = None;
-        while out.len() < limit {
-            let Some((first, seg)) = self.segment_at_or_before(id, next)? else {
-                break;
-            };
-            if next >= first + seg.count {
-                break; // past the last segment
-            }
-            let staged = seg.first_staged + (next - first);
-            let in_chunk = chunk.as_ref().is_some_and(|(step, start, c)| {
-                *step == seg.step && staged >= *start && staged < start + c.results.len() as u64
-            });
-            if !in_chunk {
-                chunk = Some(self.chunk_at(id, seg.step, staged)?);
-            }
-            let (_, start, c) = chunk.as_ref().expect("loaded above");
-            let result = c.results[(staged - start) as usize].clone();
-            out.push(StoredObject {
-                index: next,
-                step: seg.step,
-                at: c.at,
-                result,
-            });
-            next += 1;
-        }
-        Ok(out)
+        read_objects(self, id, from, limit)
     }
 
     fn delete(&self, id: &str) -> Result<(), StoreError> {

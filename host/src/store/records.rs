@@ -1,0 +1,169 @@
+//! How every backend lays out what it stores, so the backends differ only in where bytes go:
+//! a record as two JSON documents (its changing part, its definition), object results staged
+//! in chunks, and the walk from visible positions to staged chunks.
+
+use super::{ObjectSegment, StoreError, StoredObject};
+use crate::engine::job::JobRecord;
+use crate::model::ObjectResult;
+use chrono::{DateTime, Utc};
+
+pub(crate) fn json_error(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::corrupt(format!("{what}: {e}"))
+}
+
+/// The fields of a record that change rarely (creation, re-planning, a dry run, an approval):
+/// stored apart, so the commits of a running job do not rewrite them.
+const DEFINITION_FIELDS: [&str; 11] = [
+    "created_at",
+    "created_by",
+    "handler",
+    "plugin",
+    "spec",
+    "grants",
+    "options",
+    "plan",
+    "plan_hash",
+    "dry_run",
+    "approval",
+];
+
+/// A record as two JSON documents: its changing part and its definition.
+pub(crate) fn split_record(record: &JobRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let serde_json::Value::Object(mut state) =
+        serde_json::to_value(record).map_err(|e| json_error("a record", e))?
+    else {
+        return Err(StoreError::corrupt("a record is not a JSON object"));
+    };
+    let definition: serde_json::Map<String, serde_json::Value> = DEFINITION_FIELDS
+        .iter()
+        .filter_map(|f| state.remove(*f).map(|v| (f.to_string(), v)))
+        .collect();
+    Ok((
+        serde_json::to_vec(&state).map_err(|e| json_error("a record", e))?,
+        serde_json::to_vec(&definition).map_err(|e| json_error("a record", e))?,
+    ))
+}
+
+/// The record whose two parts are `state` and `definition`.
+pub(crate) fn join_record(state: &[u8], definition: Option<&[u8]>) -> Result<JobRecord, String> {
+    let mut joined: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(state).map_err(|e| e.to_string())?;
+    if let Some(d) = definition {
+        let d: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(d).map_err(|e| e.to_string())?;
+        joined.extend(d);
+    }
+    serde_json::from_value(serde_json::Value::Object(joined)).map_err(|e| e.to_string())
+}
+
+/// The largest chunk of staged object results (more than one result is never cut apart).
+const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Object results staged by one report of a step.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct StagedChunk {
+    pub at: DateTime<Utc>,
+    pub results: Vec<ObjectResult>,
+}
+
+/// `objects`, reported together at `at` as a step's results `first_staged..`, as chunks of at
+/// most [`CHUNK_BYTES`] each: (the step's number of the chunk's first result, its bytes).
+/// Small chunks keep a rewrite small and stay inline in the backend's pages.
+pub(crate) fn chunk_results(
+    first_staged: u64,
+    at: DateTime<Utc>,
+    objects: &[ObjectResult],
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let at = serde_json::to_string(&at).map_err(|e| json_error("a time", e))?;
+    let mut chunks = vec![];
+    let mut chunk = String::new();
+    let mut chunk_first = first_staged;
+    let mut in_chunk = 0u64;
+    for (i, o) in objects.iter().enumerate() {
+        let one = serde_json::to_string(o).map_err(|e| json_error("an object result", e))?;
+        if in_chunk > 0 && chunk.len() + one.len() > CHUNK_BYTES {
+            chunk.push_str("]}");
+            chunks.push((chunk_first, std::mem::take(&mut chunk).into_bytes()));
+            chunk_first = first_staged + i as u64;
+            in_chunk = 0;
+        }
+        if in_chunk == 0 {
+            chunk.push_str(&format!("{{\"at\":{at},\"results\":["));
+        } else {
+            chunk.push(',');
+        }
+        chunk.push_str(&one);
+        in_chunk += 1;
+    }
+    if in_chunk > 0 {
+        chunk.push_str("]}");
+        chunks.push((chunk_first, chunk.into_bytes()));
+    }
+    Ok(chunks)
+}
+
+pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<StagedChunk, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| json_error("object results", e))
+}
+
+/// Where a backend keeps visible segments and staged chunks.
+pub(crate) trait ObjectSource {
+    /// The segment starting at the largest position `<= index`, with that position.
+    fn segment_at_or_before(
+        &self,
+        id: &str,
+        index: u64,
+    ) -> Result<Option<(u64, ObjectSegment)>, StoreError>;
+    /// The staged chunk of step `step` starting at the largest number `<= staged`: its first
+    /// number and the chunk.
+    fn chunk_at_or_before(
+        &self,
+        id: &str,
+        step: u32,
+        staged: u64,
+    ) -> Result<Option<(u64, StagedChunk)>, StoreError>;
+}
+
+/// Visible object results with position `>= from`, in order, at most `limit`.
+pub(crate) fn read_objects(
+    source: &impl ObjectSource,
+    id: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<StoredObject>, StoreError> {
+    let mut out = Vec::with_capacity(limit.min(5000));
+    let mut next = from;
+    let mut chunk: Option<(u32, u64, StagedChunk)> = None;
+    while out.len() < limit {
+        let Some((first, seg)) = source.segment_at_or_before(id, next)? else {
+            break;
+        };
+        if next >= first + seg.count {
+            break; // past the last segment
+        }
+        let staged = seg.first_staged + (next - first);
+        let in_chunk = chunk.as_ref().is_some_and(|(step, start, c)| {
+            *step == seg.step && staged >= *start && staged < start + c.results.len() as u64
+        });
+        if !in_chunk {
+            let missing =
+                || StoreError::corrupt(format!("object result {staged} of job {id} is missing"));
+            let (start, c) = source
+                .chunk_at_or_before(id, seg.step, staged)?
+                .ok_or_else(missing)?;
+            if staged >= start + c.results.len() as u64 {
+                return Err(missing());
+            }
+            chunk = Some((seg.step, start, c));
+        }
+        let (_, start, c) = chunk.as_ref().expect("loaded above");
+        out.push(StoredObject {
+            index: next,
+            step: seg.step,
+            at: c.at,
+            result: c.results[(staged - start) as usize].clone(),
+        });
+        next += 1;
+    }
+    Ok(out)
+}
