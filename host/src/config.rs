@@ -33,7 +33,8 @@ pub struct Config {
     pub job_state_quota_bytes: u64,
     /// Read the whole database at start-up, so damage is reported then (not by a later call).
     pub verify_on_start: bool,
-    /// Memory the embedded database may use to cache pages, in bytes.
+    /// The embedded database's page-cache budget, in bytes of compressed pages (the memory
+    /// it takes is 20-30 times larger; see BENCHMARKS.md).
     pub db_cache_bytes: u64,
     /// How many `plan` and `validate` calls may run at once (0: the number of cores).
     pub max_concurrent_dry_calls: usize,
