@@ -17,6 +17,12 @@ pub struct Config {
     pub bind: SocketAddr,
     /// The embedded database, uploaded plugins and the compiled-plugin cache live here.
     pub data_dir: PathBuf,
+    /// Where jobs are kept: unset for the embedded database in `data_dir`, or a PostgreSQL
+    /// connection string (`postgres://…` or `host=… dbname=…`). `PLOVER_DATABASE_URL`
+    /// overrides it.
+    pub store: Option<String>,
+    /// How many connections the PostgreSQL store may hold open.
+    pub store_pool_size: u32,
     /// Directories whose `*.wasm` plugins are loaded at start-up (bundled handlers).
     pub plugin_dirs: Vec<PathBuf>,
     /// `text` or `json` logs.
@@ -67,6 +73,8 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1:7373".parse().expect("a valid address"),
             data_dir: PathBuf::from("plover-data"),
+            store: None,
+            store_pool_size: 16,
             plugin_dirs: vec![PathBuf::from("plugins/target/wasm32-wasip2/release")],
             log_format: LogFormat::Text,
             max_body_bytes: 64 << 20,
@@ -103,8 +111,8 @@ impl Config {
         Ok(config)
     }
 
-    /// `PLOVER_BIND`, `PLOVER_DATA_DIR`, `PLOVER_PLUGIN_DIRS` (colon-separated),
-    /// `PLOVER_LOG_FORMAT`, `PLOVER_WEBHOOK`.
+    /// `PLOVER_BIND`, `PLOVER_DATA_DIR`, `PLOVER_DATABASE_URL`, `PLOVER_PLUGIN_DIRS`
+    /// (colon-separated), `PLOVER_LOG_FORMAT`, `PLOVER_WEBHOOK`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(v) = get("PLOVER_BIND") {
             self.bind = v
@@ -113,6 +121,9 @@ impl Config {
         }
         if let Some(v) = get("PLOVER_DATA_DIR") {
             self.data_dir = v.into();
+        }
+        if let Some(v) = get("PLOVER_DATABASE_URL").filter(|v| !v.is_empty()) {
+            self.store = Some(v);
         }
         if let Some(v) = get("PLOVER_PLUGIN_DIRS") {
             self.plugin_dirs = v
@@ -162,6 +173,10 @@ mod tests {
         c.apply_env(|k| (k == "PLOVER_BIND").then(|| "127.0.0.1:9100".to_string()))
             .unwrap();
         assert_eq!(c.bind.port(), 9100);
+        assert_eq!(c.store, None, "sled unless a database is named");
+        c.apply_env(|k| (k == "PLOVER_DATABASE_URL").then(|| "postgres://db/plover".to_string()))
+            .unwrap();
+        assert_eq!(c.store.as_deref(), Some("postgres://db/plover"));
         assert!(
             c.apply_env(|k| (k == "PLOVER_LOG_FORMAT").then(|| "xml".to_string()))
                 .is_err()

@@ -3,11 +3,12 @@
 use crate::api::plugins::StoredPluginMeta;
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
 use crate::config::{Config, LogFormat};
+use crate::connectors::JobStateSpace;
 use crate::connectors::{HostConnections, SledBuckets};
 use crate::engine::Engine;
 use crate::engine::job::JobSnapshot;
 use crate::runtime::{PluginRegistry, Publisher, Runtime, RuntimeConfig};
-use crate::store::{GroupFlush, SledJobStore};
+use crate::store::{GroupFlush, JobStore, PgJobStore, SledJobStore, StoreErrorKind};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -86,22 +87,10 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
             |e| anyhow::anyhow!("{e}\nThe data directory is {}.", config.data_dir.display()),
         )?,
     );
-    let store =
-        SledJobStore::open(flush.clone())?.with_job_state_quota(config.job_state_quota_bytes);
-    if config.verify_on_start {
-        let report = store.check_integrity().map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\nThe data directory {} is damaged; restore it from a backup (or start with verify_on_start = false to serve what can be read)",
-                config.data_dir.display()
-            )
-        })?;
-        tracing::info!(
-            records = report.records,
-            quarantined = report.quarantined.len(),
-            took_ms = report.took.as_millis() as u64,
-            "database checked"
-        );
-    }
+    let (store, job_state) = match &config.store {
+        Some(url) => open_postgres_store(config, url)?,
+        None => open_sled_store(config, flush.clone())?,
+    };
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         cache_dir: Some(config.data_dir.join("cache")),
@@ -114,19 +103,14 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
 
     let connections = Arc::new(HostConnections::new(
         SledBuckets::new(db.clone()),
-        Arc::new(store.job_state()),
+        job_state,
         config.connections.clone(),
         config.any_sled_bucket,
     ));
     connections
         .open_all()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let engine = Engine::open(
-        registry,
-        Arc::new(store),
-        connections,
-        config.defaults.clone(),
-    )?;
+    let engine = Engine::open(registry, store, connections, config.defaults.clone())?;
     if config.max_concurrent_dry_calls > 0 {
         engine.set_concurrent_dry_calls(config.max_concurrent_dry_calls);
     }
@@ -167,6 +151,59 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         audit: crate::api::audit::AuditLog::open(flush, config.audit_retention)?,
         ready: Default::default(),
     }))
+}
+
+/// The jobs' store and state buckets in the embedded database, checked when configured so.
+fn open_sled_store(config: &Config, flush: Arc<GroupFlush>) -> anyhow::Result<OpenedStore> {
+    let store = SledJobStore::open(flush)?.with_job_state_quota(config.job_state_quota_bytes);
+    if config.verify_on_start {
+        let report = store.check_integrity().map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nThe data directory {} is damaged; restore it from a backup (or start with verify_on_start = false to serve what can be read)",
+                config.data_dir.display()
+            )
+        })?;
+        tracing::info!(
+            records = report.records,
+            quarantined = report.quarantined.len(),
+            took_ms = report.took.as_millis() as u64,
+            "database checked"
+        );
+    }
+    let job_state = Arc::new(store.job_state());
+    Ok((Arc::new(store), job_state))
+}
+
+type OpenedStore = (Arc<dyn JobStore>, Arc<dyn JobStateSpace>);
+
+/// The jobs' store and state buckets in PostgreSQL, its schema migrated. A database that does
+/// not answer is waited for (never replaced by the embedded one): the node says why in its
+/// log and retries with backoff. A schema newer than this binary stops it.
+fn open_postgres_store(config: &Config, url: &str) -> anyhow::Result<OpenedStore> {
+    let pool = crate::store::connect_postgres(url, config.store_pool_size)
+        .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+    let mut wait = Duration::from_millis(500);
+    loop {
+        let ready = crate::store::probe_postgres(url)
+            .and_then(|()| crate::store::pg_schema::migrate(&pool));
+        match ready {
+            Ok(_) => break,
+            Err(e) if e.kind == StoreErrorKind::Unavailable => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the store database does not answer; waiting for it");
+                eprintln!("plover: waiting for the store database: {e}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => anyhow::bail!("store: {e}"),
+        }
+    }
+    let store = PgJobStore::new(pool).with_job_state_quota(config.job_state_quota_bytes);
+    let job_state = Arc::new(store.job_state());
+    tracing::info!(
+        schema = crate::store::pg_schema::latest_version(),
+        "jobs are kept in PostgreSQL"
+    );
+    Ok((Arc::new(store), job_state))
 }
 
 /// POST the final snapshot to `url`, retrying with backoff (0.5 s doubling, 6 attempts).

@@ -9,4 +9,5 @@ mod connectors;
 mod durability;
 mod hardening;
 mod kill;
+mod pg_store;
 mod sandbox;

@@ -19,7 +19,10 @@ mod pg_store;
 mod records;
 mod sled_store;
 
-pub use pg_store::{PgJobState, PgJobStore, connect as connect_postgres, schema as pg_schema};
+pub use pg_store::{
+    PgJobState, PgJobStore, connect as connect_postgres, probe as probe_postgres,
+    schema as pg_schema,
+};
 
 pub use sled_store::{
     DEFAULT_CACHE_BYTES, GroupFlush, IntegrityReport, SledJobState, SledJobStore, open_database,

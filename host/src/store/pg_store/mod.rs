@@ -46,6 +46,18 @@ pub fn connect(url: &str, size: u32) -> Result<Pool, StoreError> {
         .build_unchecked(PostgresConnectionManager::new(config, NoTls)))
 }
 
+/// Connect once to `url`, directly, so a database that does not answer says why at once
+/// (the pool would wait its whole connection timeout first).
+pub fn probe(url: &str) -> Result<(), StoreError> {
+    let mut config = postgres::Config::from_str(url)
+        .map_err(|e| StoreError::unavailable(format!("the store URL is not valid: {e}")))?;
+    config.connect_timeout(Duration::from_secs(3));
+    config
+        .connect(NoTls)
+        .map(drop)
+        .map_err(|e| pg_error("connecting to the store database", e))
+}
+
 pub struct PgJobStore {
     pool: Pool,
     job_state: PgJobState,

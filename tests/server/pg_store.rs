@@ -1,0 +1,158 @@
+//! `plover serve` with `store` naming PostgreSQL: jobs live in the database, not in the data
+//! directory, so a node killed and replaced by another with an empty data directory serves
+//! and finishes the same jobs; a database that does not answer is waited for, never replaced
+//! by the embedded store; a schema newer than the binary is refused.
+
+use super::common::{ADMIN, Server, plugin_dir};
+use plover_tests::services::Schema;
+use serde_json::json;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn store_config(schema: &Schema) -> String {
+    format!("store = \"{}\"\nstore_pool_size = 4\n", schema.store_url())
+}
+
+#[test]
+fn jobs_live_in_postgresql_and_a_new_node_with_an_empty_data_dir_finishes_them() {
+    let schema = Schema::new("pgserve");
+    let plugins = plugin_dir();
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = Server::start_with_config(first_dir.path(), plugins.path(), &store_config(&schema));
+    let id = first.create(&json!({
+        "handler": "stepper",
+        "parameters": { "steps": [
+            { "id": "a", "batches": 40, "batch_ms": 25, "per_batch": 5 },
+            { "id": "b", "batches": 2, "per_batch": 3, "after": ["a"] }
+        ] },
+        "grants": { "data": "data" }
+    }));
+    let done_first = first.create(&json!({
+        "handler": "stepper",
+        "parameters": { "steps": [{ "id": "a", "batches": 2, "per_batch": 4 }] },
+        "grants": { "data": "data" }
+    }));
+    first.post(
+        &format!("/migrations/{done_first}/execute"),
+        ADMIN,
+        &json!({}),
+    );
+    let finished = first.wait_for(&done_first, |j| j["status"] == "completed");
+    first.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    first.wait_for(&id, |j| j["completed_objects"].as_u64().unwrap_or(0) >= 20);
+    first.kill();
+
+    // Nothing of the jobs was in the first node's data directory.
+    let second_dir = tempfile::tempdir().unwrap();
+    let second =
+        Server::start_with_config(second_dir.path(), plugins.path(), &store_config(&schema));
+    let (status, list) = second.get("/migrations", ADMIN);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total"], 2, "{list}");
+    let again = second.job(&done_first);
+    assert_eq!(again["status"], "completed");
+    assert_eq!(again["end_time"], finished["end_time"], "not run again");
+    assert_eq!(again["last_event_seq"], finished["last_event_seq"]);
+
+    // The interrupted one resumes from its last checkpoint on the new node and completes
+    // with every object counted once.
+    let resumed = second.wait_for(&id, |j| j["status"] == "completed");
+    assert_eq!(resumed["completed_objects"], 206, "{resumed}");
+    let (status, objects) = second.get(&format!("/migrations/{id}/objects?limit=1000"), ADMIN);
+    assert_eq!(status, 200, "{objects}");
+    assert_eq!(objects["items"].as_array().unwrap().len(), 206, "{objects}");
+    let rows: i64 = schema
+        .client()
+        .query_one("SELECT count(*) FROM jobs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2, "the jobs are rows of the configured schema");
+}
+
+#[test]
+fn a_database_that_does_not_answer_is_waited_for_not_replaced() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    // A loopback port nothing listens on: the refusal comes from this machine.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = data.path().join("test-config.toml");
+    std::fs::write(
+        &config,
+        format!("store = \"host=127.0.0.1 port={port} user=plover dbname=test\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .arg("--plugins-dir")
+        .arg(plugins.path())
+        .env("PLOVER_BOOTSTRAP_TOKEN", ADMIN)
+        .env("PLOVER_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the node gave up instead of waiting"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !out.contains("listening"),
+        "it served without its store: {out}"
+    );
+    assert!(
+        err.contains("waiting for the store database"),
+        "it says why it waits: {err}"
+    );
+}
+
+#[test]
+fn a_store_schema_newer_than_the_binary_stops_the_node_naming_both_versions() {
+    let schema = Schema::new("pgnewer");
+    let pool = plover_host::store::connect_postgres(&schema.store_url(), 1).unwrap();
+    plover_host::store::pg_schema::migrate(&pool).unwrap();
+    let ours = plover_host::store::pg_schema::latest_version();
+    schema
+        .client()
+        .execute(
+            "INSERT INTO plover_schema_history (version, name, applied_on, checksum)
+             VALUES ($1, 'later', '2030-01-01', '0')",
+            &[&(ours as i32 + 1)],
+        )
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let (status, stderr) =
+        Server::start_failing_with_config(data.path(), plugins.path(), &store_config(&schema));
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("version {}", ours + 1))
+            && stderr.contains(&format!("version {ours}")),
+        "{stderr}"
+    );
+}
