@@ -60,7 +60,7 @@ pub(crate) fn join_record(state: &[u8], definition: Option<&[u8]>) -> Result<Job
 const CHUNK_BYTES: usize = 16 * 1024;
 
 /// Object results staged by one report of a step.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StagedChunk {
     pub at: DateTime<Utc>,
     pub results: Vec<ObjectResult>,
@@ -99,10 +99,28 @@ pub(crate) fn chunk_results(
         chunk.push_str("]}");
         chunks.push((chunk_first, chunk.into_bytes()));
     }
-    Ok(chunks)
+    chunks
+        .into_iter()
+        .map(|(first, json)| Ok((first, compress(&json)?)))
+        .collect()
 }
 
+/// Compress a chunk: results repeat their field names and much of their values, so a chunk
+/// shrinks several fold, and every byte not written is one the store's log does not carry.
+fn compress(json: &[u8]) -> Result<Vec<u8>, StoreError> {
+    zstd::stream::encode_all(json, 1)
+        .map_err(|e| StoreError::unavailable(format!("compressing object results: {e}")))
+}
+
+/// The zstd frame magic number; a chunk starting otherwise is plain JSON.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
 pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<StagedChunk, StoreError> {
+    if bytes.starts_with(&ZSTD_MAGIC) {
+        let json = zstd::stream::decode_all(bytes)
+            .map_err(|e| StoreError::corrupt(format!("object results: {e}")))?;
+        return serde_json::from_slice(&json).map_err(|e| json_error("object results", e));
+    }
     serde_json::from_slice(bytes).map_err(|e| json_error("object results", e))
 }
 
@@ -166,4 +184,58 @@ pub(crate) fn read_objects(
         next += 1;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ObjectStatus;
+
+    fn result(i: usize) -> ObjectResult {
+        ObjectResult {
+            name: format!("session/{i:07}"),
+            object_type: "key".into(),
+            status: ObjectStatus::Success,
+            error: None,
+            duration_micros: i as u64,
+        }
+    }
+
+    #[test]
+    fn chunks_are_compressed_bounded_and_read_back_whole() {
+        let results: Vec<ObjectResult> = (0..2000).map(result).collect();
+        let at = Utc::now();
+        let chunks = chunk_results(10, at, &results).unwrap();
+        assert!(chunks.len() > 1, "cut at {CHUNK_BYTES} bytes of JSON");
+        assert_eq!(chunks[0].0, 10);
+        let json_bytes: usize = results
+            .iter()
+            .map(|r| serde_json::to_vec(r).unwrap().len())
+            .sum();
+        let stored: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+        assert!(stored * 3 < json_bytes, "{stored} of {json_bytes} bytes");
+        let mut back = vec![];
+        for (first, bytes) in &chunks {
+            let chunk = decode_chunk(bytes).unwrap();
+            assert_eq!(*first, 10 + back.len() as u64);
+            assert_eq!(chunk.at, at);
+            back.extend(chunk.results);
+        }
+        assert_eq!(back, results);
+    }
+
+    #[test]
+    fn a_plain_json_chunk_written_before_compression_still_reads() {
+        let plain = serde_json::to_vec(&StagedChunk {
+            at: Utc::now(),
+            results: vec![result(1)],
+        })
+        .unwrap();
+        assert_eq!(decode_chunk(&plain).unwrap().results, vec![result(1)]);
+        assert!(
+            decode_chunk(b"\x28\xb5\x2f\xfdgarbage")
+                .unwrap_err()
+                .is_corruption()
+        );
+    }
 }
