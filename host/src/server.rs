@@ -1,6 +1,7 @@
 //! `plover serve`: open the data directory, load plugins, resume interrupted jobs, serve the API.
 
 use crate::api::plugins::StoredPluginMeta;
+use crate::api::token_records::PgTokens;
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
 use crate::config::{Config, LogFormat};
 use crate::connectors::JobStateSpace;
@@ -87,7 +88,7 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
             |e| anyhow::anyhow!("{e}\nThe data directory is {}.", config.data_dir.display()),
         )?,
     );
-    let (store, job_state) = match &config.store {
+    let (store, job_state, store_pool) = match &config.store {
         Some(url) => open_postgres_store(config, url)?,
         None => open_sled_store(config, flush.clone())?,
     };
@@ -116,16 +117,24 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
     }
     engine.set_max_results_per_step(config.max_object_results_per_step);
 
-    let tokens = TokenStore::open(flush.clone())?;
-    if tokens.is_empty() {
+    let tokens = match store_pool {
+        Some(pool) => TokenStore::new(PgTokens::new(pool)),
+        None => TokenStore::open(flush.clone())?,
+    };
+    if tokens.is_empty()? {
         let preset = std::env::var("PLOVER_BOOTSTRAP_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
         let shown = preset.is_none();
-        let token = tokens.create("admin", Role::Admin, preset)?;
-        if shown {
-            // Shown once: only its hash is stored.
-            eprintln!("plover: created the first admin token (shown only now): {token}");
+        match tokens.create("admin", Role::Admin, preset) {
+            Ok(token) if shown => {
+                // Shown once: only its hash is stored.
+                eprintln!("plover: created the first admin token (shown only now): {token}");
+            }
+            Ok(_) => {}
+            // Another node sharing the store made it first.
+            Err(crate::api::auth::TokenError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 
@@ -171,10 +180,15 @@ fn open_sled_store(config: &Config, flush: Arc<GroupFlush>) -> anyhow::Result<Op
         );
     }
     let job_state = Arc::new(store.job_state());
-    Ok((Arc::new(store), job_state))
+    Ok((Arc::new(store), job_state, None))
 }
 
-type OpenedStore = (Arc<dyn JobStore>, Arc<dyn JobStateSpace>);
+/// The jobs' store, their state buckets, and the PostgreSQL pool when the store is there.
+type OpenedStore = (
+    Arc<dyn JobStore>,
+    Arc<dyn JobStateSpace>,
+    Option<crate::store::PgPool>,
+);
 
 /// The jobs' store and state buckets in PostgreSQL, its schema migrated. A database that does
 /// not answer is waited for (never replaced by the embedded one): the node says why in its
@@ -197,13 +211,13 @@ fn open_postgres_store(config: &Config, url: &str) -> anyhow::Result<OpenedStore
             Err(e) => anyhow::bail!("store: {e}"),
         }
     }
-    let store = PgJobStore::new(pool).with_job_state_quota(config.job_state_quota_bytes);
+    let store = PgJobStore::new(pool.clone()).with_job_state_quota(config.job_state_quota_bytes);
     let job_state = Arc::new(store.job_state());
     tracing::info!(
         schema = crate::store::pg_schema::latest_version(),
-        "jobs are kept in PostgreSQL"
+        "jobs and tokens are kept in PostgreSQL"
     );
-    Ok((Arc::new(store), job_state))
+    Ok((Arc::new(store), job_state, Some(pool)))
 }
 
 /// POST the final snapshot to `url`, retrying with backoff (0.5 s doubling, 6 attempts).

@@ -1,5 +1,5 @@
-//! `plover serve` with `store` naming PostgreSQL: jobs live in the database, not in the data
-//! directory, so a node killed and replaced by another with an empty data directory serves
+//! `plover serve` with `store` naming PostgreSQL: jobs and tokens live in the database, not in
+//! the data directory, so a node killed and replaced by another with an empty data directory serves
 //! and finishes the same jobs; a database that does not answer is waited for, never replaced
 //! by the embedded store; a schema newer than the binary is refused.
 
@@ -39,6 +39,13 @@ fn jobs_live_in_postgresql_and_a_new_node_with_an_empty_data_dir_finishes_them()
         &json!({}),
     );
     let finished = first.wait_for(&done_first, |j| j["status"] == "completed");
+    let (status, made) = first.post(
+        "/tokens",
+        ADMIN,
+        &json!({ "name": "watcher", "role": "viewer" }),
+    );
+    assert_eq!(status, 201, "{made}");
+    let watcher = made["token"].as_str().unwrap().to_string();
     first.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
     first.wait_for(&id, |j| j["completed_objects"].as_u64().unwrap_or(0) >= 20);
     first.kill();
@@ -47,9 +54,16 @@ fn jobs_live_in_postgresql_and_a_new_node_with_an_empty_data_dir_finishes_them()
     let second_dir = tempfile::tempdir().unwrap();
     let second =
         Server::start_with_config(second_dir.path(), plugins.path(), &store_config(&schema));
-    let (status, list) = second.get("/migrations", ADMIN);
-    assert_eq!(status, 200, "{list}");
+    let (status, list) = second.get("/migrations", &watcher);
+    assert_eq!(
+        status, 200,
+        "a token made through the first node works here: {list}"
+    );
     assert_eq!(list["total"], 2, "{list}");
+    let (status, _) = second.delete("/tokens/watcher", ADMIN);
+    assert_eq!(status, 204);
+    let (status, _) = second.get("/migrations", &watcher);
+    assert_eq!(status, 401, "revoked");
     let again = second.job(&done_first);
     assert_eq!(again["status"], "completed");
     assert_eq!(again["end_time"], finished["end_time"], "not run again");
@@ -68,6 +82,18 @@ fn jobs_live_in_postgresql_and_a_new_node_with_an_empty_data_dir_finishes_them()
         .unwrap()
         .get(0);
     assert_eq!(rows, 2, "the jobs are rows of the configured schema");
+    let tokens: Vec<String> = schema
+        .client()
+        .query("SELECT name FROM api_tokens ORDER BY name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tokens,
+        ["admin"],
+        "only hashes of the remaining token are kept there"
+    );
 }
 
 #[test]

@@ -119,13 +119,22 @@ pub async fn record(State(s): State<Arc<AppState>>, req: Request, next: Next) ->
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
-    let actor = req
+    let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
-        .and_then(|t| s.tokens.check(t))
-        .map(|t| t.name);
+        .map(str::to_string);
+    // A token that cannot be checked (the store is down) is treated as absent here; the
+    // handler's own check answers the request with the reason.
+    let actor = match token {
+        Some(t) => super::auth::TokenStore::check_from_async(&s, &t)
+            .await
+            .ok()
+            .flatten()
+            .map(|t| t.name),
+        None => None,
+    };
     let response = next.run(req).await;
     let Some(actor) = actor else {
         crate::metrics::get().unauthenticated.inc();

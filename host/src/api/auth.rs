@@ -3,6 +3,7 @@
 
 use super::AppState;
 use super::error::AppError;
+use super::token_records::{SledTokens, StoredToken, TokenRecords};
 use crate::store::{GroupFlush, StoreError};
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -10,8 +11,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
@@ -33,18 +33,11 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-struct StoredToken {
-    sha256: String,
-    info: TokenInfo,
-}
-
-/// Tokens by hash, persisted in sled. A change is durable before it is acknowledged: a
-/// revoked token stays revoked whatever happens to the process after the answer.
+/// Tokens by hash (see [`TokenRecords`] for where they are kept). A change is durable before
+/// it is acknowledged: a revoked token stays revoked whatever happens to the process after
+/// the answer.
 pub struct TokenStore {
-    tree: sled::Tree,
-    flush: Arc<GroupFlush>,
-    by_hash: RwLock<HashMap<String, TokenInfo>>,
+    records: Box<dyn TokenRecords>,
 }
 
 /// Why a token could not be made.
@@ -68,28 +61,20 @@ fn new_token() -> String {
     format!("plv_{}{}", a.simple(), b.simple())
 }
 
-fn sled_failure(e: sled::Error) -> StoreError {
-    StoreError::unavailable(format!("tokens: {e}"))
-}
-
 impl TokenStore {
-    pub fn open(flush: Arc<GroupFlush>) -> anyhow::Result<Self> {
-        let tree = flush.db().open_tree("plover/tokens")?;
-        let mut by_hash = HashMap::new();
-        for item in tree.iter() {
-            let (_, v) = item?;
-            let t: StoredToken = serde_json::from_slice(&v)?;
-            by_hash.insert(t.sha256, t.info);
+    pub fn new(records: impl TokenRecords + 'static) -> Self {
+        TokenStore {
+            records: Box::new(records),
         }
-        Ok(TokenStore {
-            tree,
-            flush,
-            by_hash: RwLock::new(by_hash),
-        })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_hash.read().expect("tokens lock").is_empty()
+    /// The tokens kept in the embedded database of `flush`.
+    pub fn open(flush: Arc<GroupFlush>) -> anyhow::Result<Self> {
+        Ok(Self::new(SledTokens::open(flush)?))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.records.all()?.is_empty())
     }
 
     /// Store `token` (or a fresh one) as `name` with `role`; returns the token.
@@ -107,9 +92,6 @@ impl TokenStore {
         {
             return Err(TokenError::InvalidName);
         }
-        if self.tree.contains_key(name).map_err(sled_failure)? {
-            return Err(TokenError::Exists(name.to_string()));
-        }
         let token = token.unwrap_or_else(new_token);
         let stored = StoredToken {
             sha256: hash(&token),
@@ -119,47 +101,39 @@ impl TokenStore {
                 created_at: Utc::now(),
             },
         };
-        self.tree
-            .insert(name, serde_json::to_vec(&stored).expect("serialises"))
-            .map_err(sled_failure)?;
-        self.flush.sync()?;
-        self.by_hash
-            .write()
-            .expect("tokens lock")
-            .insert(stored.sha256, stored.info);
+        if !self.records.insert(&stored)? {
+            return Err(TokenError::Exists(name.to_string()));
+        }
         Ok(token)
     }
 
-    pub fn list(&self) -> Vec<TokenInfo> {
-        let mut all: Vec<TokenInfo> = self
-            .by_hash
-            .read()
-            .expect("tokens lock")
-            .values()
-            .cloned()
-            .collect();
+    pub fn list(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let mut all = self.records.all()?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        Ok(all)
     }
 
     /// Revoke the token `name`; durable when this returns. A token never revoked is `false`.
     pub fn revoke(&self, name: &str) -> Result<bool, StoreError> {
-        let Some(v) = self.tree.remove(name).map_err(sled_failure)? else {
-            return Ok(false);
-        };
-        self.flush.sync()?;
-        if let Ok(t) = serde_json::from_slice::<StoredToken>(&v) {
-            self.by_hash.write().expect("tokens lock").remove(&t.sha256);
-        }
-        Ok(true)
+        self.records.remove(name)
     }
 
-    pub fn check(&self, token: &str) -> Option<TokenInfo> {
-        self.by_hash
-            .read()
-            .expect("tokens lock")
-            .get(&hash(token))
-            .cloned()
+    /// Who holds `token`, if anyone. May read the store: see [`TokenStore::check_from_async`].
+    pub fn check(&self, token: &str) -> Result<Option<TokenInfo>, StoreError> {
+        self.records.by_hash(&hash(token))
+    }
+
+    /// [`TokenStore::check`] from an async thread: on the blocking pool unless the tokens are
+    /// in memory.
+    pub async fn check_from_async(
+        state: &Arc<AppState>,
+        token: &str,
+    ) -> Result<Option<TokenInfo>, AppError> {
+        if state.tokens.records.in_memory() {
+            return Ok(state.tokens.check(token)?);
+        }
+        let (state, token) = (state.clone(), token.to_string());
+        super::extract::blocking(move || Ok(state.tokens.check(&token)?)).await
     }
 }
 
@@ -215,9 +189,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .map_err(|_| unauthorized("the Authorization header is not text"))?;
         let token = bearer_token(value)
             .ok_or_else(|| unauthorized("expected Authorization: Bearer <token>"))?;
-        let info = state
-            .tokens
-            .check(token)
+        let info = TokenStore::check_from_async(state, token)
+            .await?
             .ok_or_else(|| unauthorized("unknown or revoked token"))?;
         Ok(Caller {
             name: info.name,

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod plugins;
 pub mod sse;
+pub mod token_records;
 
 use crate::engine::Engine;
 use crate::runtime::Runtime;

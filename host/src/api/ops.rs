@@ -106,7 +106,8 @@ pub async fn list_tokens(
     State(s): State<Arc<AppState>>,
     _: AsAdmin,
 ) -> Result<impl IntoResponse, AppError> {
-    Ok(Json(s.tokens.list()))
+    let state = s.clone();
+    Ok(Json(blocking(move || Ok(state.tokens.list()?)).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", operation_id = "revoke_token",

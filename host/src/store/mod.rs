@@ -20,7 +20,7 @@ mod records;
 mod sled_store;
 
 pub use pg_store::{
-    PgJobState, PgJobStore, connect as connect_postgres, probe as probe_postgres,
+    PgJobState, PgJobStore, Pool as PgPool, connect as connect_postgres, probe as probe_postgres,
     schema as pg_schema,
 };
 

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub(crate) type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub(crate) type Client = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// A PostgreSQL failure: a server that cannot be reached may come back.
