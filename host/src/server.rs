@@ -1,5 +1,7 @@
 //! `plover serve`: open the data directory, load plugins, resume interrupted jobs, serve the API.
 
+use crate::api::audit::AuditLog;
+use crate::api::audit_records::PgAudit;
 use crate::api::plugins::StoredPluginMeta;
 use crate::api::token_records::PgTokens;
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
@@ -117,9 +119,15 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
     }
     engine.set_max_results_per_step(config.max_object_results_per_step);
 
-    let tokens = match store_pool {
-        Some(pool) => TokenStore::new(PgTokens::new(pool)),
-        None => TokenStore::open(flush.clone())?,
+    let (tokens, audit) = match store_pool {
+        Some(pool) => (
+            TokenStore::new(PgTokens::new(pool.clone())),
+            AuditLog::new(PgAudit::new(pool, config.audit_retention)),
+        ),
+        None => (
+            TokenStore::open(flush.clone())?,
+            AuditLog::open(flush, config.audit_retention)?,
+        ),
     };
     if tokens.is_empty()? {
         let preset = std::env::var("PLOVER_BOOTSTRAP_TOKEN")
@@ -157,7 +165,7 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         runtime,
         plugin_store,
         tokens,
-        audit: crate::api::audit::AuditLog::open(flush, config.audit_retention)?,
+        audit,
         ready: Default::default(),
     }))
 }

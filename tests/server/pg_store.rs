@@ -1,5 +1,5 @@
-//! `plover serve` with `store` naming PostgreSQL: jobs and tokens live in the database, not in
-//! the data directory, so a node killed and replaced by another with an empty data directory serves
+//! `plover serve` with `store` naming PostgreSQL: jobs, tokens and the audit trail live in the
+//! database, not in the data directory, so a node killed and replaced by another with an empty data directory serves
 //! and finishes the same jobs; a database that does not answer is waited for, never replaced
 //! by the embedded store; a schema newer than the binary is refused.
 
@@ -64,6 +64,32 @@ fn jobs_live_in_postgresql_and_a_new_node_with_an_empty_data_dir_finishes_them()
     assert_eq!(status, 204);
     let (status, _) = second.get("/migrations", &watcher);
     assert_eq!(status, 401, "revoked");
+    // One audit trail for both nodes, in order.
+    let (status, audit) = second.get("/audit?limit=1000", ADMIN);
+    assert_eq!(status, 200, "{audit}");
+    let entries: Vec<(u64, String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["method"].as_str().unwrap().to_string(),
+                e["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let made = entries
+        .iter()
+        .position(|(_, m, p)| m == "POST" && p == "/api/v1/tokens");
+    let revoked = entries
+        .iter()
+        .position(|(_, m, p)| m == "DELETE" && p == "/api/v1/tokens/watcher");
+    assert!(
+        made.is_some() && revoked.is_some() && made < revoked,
+        "{entries:?}"
+    );
+    assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "{entries:?}");
     let again = second.job(&done_first);
     assert_eq!(again["status"], "completed");
     assert_eq!(again["end_time"], finished["end_time"], "not run again");

@@ -6,6 +6,7 @@
 //! retention. Job actions are also recorded in each job's own change feed.
 
 use super::AppState;
+use super::audit_records::{AuditRecords, NewEntry, SledAudit};
 use super::auth::{AsAdmin, bearer_token};
 use super::error::AppError;
 use super::extract::{ApiQuery, blocking};
@@ -33,31 +34,21 @@ pub struct AuditEntry {
     pub status: u16,
 }
 
+/// The audit trail, kept where the jobs are (see [`AuditRecords`]).
 pub struct AuditLog {
-    tree: sled::Tree,
-    flush: Arc<GroupFlush>,
-    last_seq: std::sync::Mutex<u64>,
-    /// How many entries are kept.
-    retention: u64,
-}
-
-fn failure(e: impl std::fmt::Display) -> StoreError {
-    StoreError::unavailable(format!("audit trail: {e}"))
+    records: Box<dyn AuditRecords>,
 }
 
 impl AuditLog {
+    pub fn new(records: impl AuditRecords + 'static) -> Self {
+        AuditLog {
+            records: Box::new(records),
+        }
+    }
+
+    /// The trail in the embedded database of `flush`, keeping `retention` entries.
     pub fn open(flush: Arc<GroupFlush>, retention: u64) -> anyhow::Result<Self> {
-        let tree = flush.db().open_tree("plover/audit")?;
-        let last = match tree.last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into()?),
-            None => 0,
-        };
-        Ok(AuditLog {
-            tree,
-            flush,
-            last_seq: std::sync::Mutex::new(last),
-            retention: retention.max(1),
-        })
+        Ok(Self::new(SledAudit::open(flush, retention)?))
     }
 
     /// Append an entry (dropping the oldest past the retention); durable when this returns.
@@ -68,43 +59,20 @@ impl AuditLog {
         path: String,
         status: u16,
     ) -> Result<(), StoreError> {
-        {
-            let mut last = self.last_seq.lock().expect("audit lock");
-            *last += 1;
-            let seq = *last;
-            let entry = AuditEntry {
-                seq,
-                at: Utc::now(),
-                actor,
-                method,
-                path: crate::engine::truncated(&path, MAX_PATH),
-                status,
-            };
-            let mut batch = sled::Batch::default();
-            batch.insert(
-                &seq.to_be_bytes(),
-                serde_json::to_vec(&entry).expect("serialises"),
-            );
-            if seq > self.retention {
-                batch.remove(&(seq - self.retention).to_be_bytes());
-            }
-            self.tree.apply_batch(batch).map_err(failure)?;
-        }
-        self.flush.sync()
+        self.records.append(NewEntry {
+            at: Utc::now(),
+            actor,
+            method,
+            path: crate::engine::truncated(&path, MAX_PATH),
+            status,
+        })
     }
 
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let Some(from) = after.checked_add(1) else {
+        if after >= i64::MAX as u64 {
             return Ok(vec![]);
-        };
-        self.tree
-            .range(from.to_be_bytes()..)
-            .take(limit)
-            .map(|r| {
-                let (_, v) = r.map_err(failure)?;
-                serde_json::from_slice(&v).map_err(failure)
-            })
-            .collect()
+        }
+        self.records.after(after, limit)
     }
 }
 

@@ -3,6 +3,7 @@
 //! async threads when it may call a plugin) and map errors with [`error::AppError`].
 
 pub mod audit;
+pub mod audit_records;
 pub mod auth;
 pub mod error;
 pub mod extract;
