@@ -2,8 +2,8 @@
 
 use crate::api::audit::AuditLog;
 use crate::api::audit_records::PgAudit;
-use crate::api::plugins::StoredPluginMeta;
 use crate::api::token_records::PgTokens;
+use crate::api::uploaded_plugins::{PgPlugins, PluginDir, UploadedPlugins};
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
 use crate::config::{Config, LogFormat};
 use crate::connectors::JobStateSpace;
@@ -16,7 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,44 +38,45 @@ fn load_plugins(
     runtime: &Runtime,
     registry: &PluginRegistry,
     bundled_dirs: &[std::path::PathBuf],
-    plugin_store: &Path,
+    uploaded: &dyn UploadedPlugins,
 ) -> anyhow::Result<()> {
-    let mut sources: Vec<(&Path, bool)> =
-        bundled_dirs.iter().map(|d| (d.as_path(), true)).collect();
-    sources.push((plugin_store, false));
-    for (dir, bundled) in sources {
+    let loaded = |from: String, result: Result<_, _>, publisher, claim| match result
+        .map_err(anyhow::Error::from)
+        .and_then(|p| Ok(registry.insert_from(p, publisher, claim)?))
+    {
+        Ok(p) => {
+            tracing::info!(plugin = %p.label(), sha256 = p.sha256(), from, "plugin loaded")
+        }
+        Err(e) => tracing::error!(from, error = %e, "plugin not loaded"),
+    };
+    for dir in bundled_dirs {
         if !dir.exists() {
             tracing::warn!(dir = %dir.display(), "plugin directory does not exist; skipped");
             continue;
         }
         for (path, result) in runtime.load_dir(dir)? {
-            let (publisher, claim) = if bundled {
-                (Publisher::Bundled, false)
-            } else {
-                let meta: Option<StoredPluginMeta> = std::fs::read(path.with_extension("json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
-                meta.map_or((Publisher::Uploaded, false), |m| (m.publisher, m.claimed))
-            };
-            match result
-                .map_err(anyhow::Error::from)
-                .and_then(|p| Ok(registry.insert_from(p, publisher, claim)?))
-            {
-                Ok(p) => {
-                    tracing::info!(plugin = %p.label(), sha256 = p.sha256(), path = %path.display(), "plugin loaded")
-                }
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "plugin not loaded"),
-            }
+            loaded(
+                path.display().to_string(),
+                result,
+                Publisher::Bundled,
+                false,
+            );
         }
     }
+    uploaded.for_each(&mut |from, bytes, meta| {
+        loaded(
+            from,
+            runtime.load_bytes(&bytes),
+            meta.publisher,
+            meta.claimed,
+        )
+    })?;
     Ok(())
 }
 
 /// Everything the server runs on, opened from `config`. Split from [`serve`] so start-up
 /// problems surface before the port is bound.
 pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
-    let plugin_store = config.data_dir.join("plugins");
-    std::fs::create_dir_all(&plugin_store)?;
     let db =
         crate::store::open_database_with_cache(&config.data_dir.join("db"), config.db_cache_bytes)
             .map_err(|e| {
@@ -102,7 +102,11 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         ..RuntimeConfig::default()
     })?);
     let registry = Arc::new(PluginRegistry::new());
-    load_plugins(&runtime, &registry, &config.plugin_dirs, &plugin_store)?;
+    let uploaded: Box<dyn UploadedPlugins> = match &store_pool {
+        Some(pool) => Box::new(PgPlugins::new(pool.clone())),
+        None => Box::new(PluginDir::open(&config.data_dir.join("plugins"))?),
+    };
+    load_plugins(&runtime, &registry, &config.plugin_dirs, uploaded.as_ref())?;
 
     let connections = Arc::new(HostConnections::new(
         SledBuckets::new(db.clone()),
@@ -163,7 +167,7 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
         engine,
         runtime,
-        plugin_store,
+        uploaded,
         tokens,
         audit,
         ready: Default::default(),

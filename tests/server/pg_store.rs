@@ -1,9 +1,10 @@
-//! `plover serve` with `store` naming PostgreSQL: jobs, tokens and the audit trail live in the
-//! database, not in the data directory, so a node killed and replaced by another with an empty data directory serves
+//! `plover serve` with `store` naming PostgreSQL: jobs, tokens, the audit trail and uploaded
+//! plugins live in the database, not in the data directory, so a node killed and replaced by another with an empty data directory serves
 //! and finishes the same jobs; a database that does not answer is waited for, never replaced
 //! by the embedded store; a schema newer than the binary is refused.
 
 use super::common::{ADMIN, Server, plugin_dir};
+use plover_tests::artifacts;
 use plover_tests::services::Schema;
 use serde_json::json;
 use std::io::Read;
@@ -46,6 +47,14 @@ fn jobs_live_in_postgresql_and_a_new_node_with_an_empty_data_dir_finishes_them()
     );
     assert_eq!(status, 201, "{made}");
     let watcher = made["token"].as_str().unwrap().to_string();
+    let uploaded = first
+        .http
+        .post(first.api("/plugins"))
+        .bearer_auth(ADMIN)
+        .body(std::fs::read(artifacts::PROBE_NEXT).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
     first.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
     first.wait_for(&id, |j| j["completed_objects"].as_u64().unwrap_or(0) >= 20);
     first.kill();
@@ -60,6 +69,12 @@ fn jobs_live_in_postgresql_and_a_new_node_with_an_empty_data_dir_finishes_them()
         "a token made through the first node works here: {list}"
     );
     assert_eq!(list["total"], 2, "{list}");
+    let (status, plugin) = second.get("/plugins/probe/0.2.0", ADMIN);
+    assert_eq!(
+        status, 200,
+        "a plugin uploaded through the first node loads here: {plugin}"
+    );
+    assert_eq!(plugin["publisher"], "uploaded");
     let (status, _) = second.delete("/tokens/watcher", ADMIN);
     assert_eq!(status, 204);
     let (status, _) = second.get("/migrations", &watcher);

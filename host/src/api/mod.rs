@@ -13,6 +13,7 @@ pub mod ops;
 pub mod plugins;
 pub mod sse;
 pub mod token_records;
+pub mod uploaded_plugins;
 
 use crate::engine::Engine;
 use crate::runtime::Runtime;
@@ -20,7 +21,6 @@ use auth::TokenStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -31,7 +31,8 @@ pub struct AppState {
     pub engine: Engine,
     pub runtime: Arc<Runtime>,
     /// Uploaded plugins, stored by sha256.
-    pub plugin_store: PathBuf,
+    /// Where uploaded plugins are kept.
+    pub uploaded: Box<dyn uploaded_plugins::UploadedPlugins>,
     pub tokens: TokenStore,
     pub audit: audit::AuditLog,
     /// False until start-up (plugin loading, recovery) is done.

@@ -17,7 +17,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::sync::Arc;
 
 /// A plugin as the API shows it.
@@ -98,20 +97,6 @@ pub struct UploadQuery {
     claim: bool,
 }
 
-/// Write `bytes` to `path` so that it is on disk (file and directory entry) when this returns.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Validate, precompile and store a component; 201 with its summary (200 if already loaded).
 #[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", operation_id = "upload_plugin",
     params(("claim" = Option<bool>, Query, description = "Take over a plugin name that another publisher (e.g. the bundled plugins) owns")),
@@ -138,27 +123,15 @@ pub async fn upload(
         let registry = state.engine.registry();
         let known = registry.by_sha256(plugin.sha256()).is_some();
         let plugin = registry.insert_from(plugin, Publisher::Uploaded, q.claim)?;
-        let path = state.plugin_store.join(format!("{}.wasm", plugin.sha256()));
         let meta = StoredPluginMeta {
             publisher: Publisher::Uploaded,
             claimed: q.claim,
         };
-        let stored = write_durably(
-            &path.with_extension("json"),
-            &serde_json::to_vec(&meta).expect("serialises"),
-        )
-        .and_then(|()| {
-            if path.exists() {
-                Ok(())
-            } else {
-                write_durably(&path, &bytes)
-            }
-        });
-        if let Err(e) = stored {
+        if let Err(e) = state.uploaded.save(plugin.sha256(), &bytes, &meta) {
             if !known {
                 registry.remove(plugin.name(), plugin.version());
             }
-            return Err(AppError::internal(format!("storing the plugin: {e}")));
+            return Err(e.into());
         }
         tracing::info!(plugin = %plugin.label(), sha256 = plugin.sha256(), by = %caller.name, claimed = q.claim, "plugin uploaded");
         let status = if known { StatusCode::OK } else { StatusCode::CREATED };
@@ -195,14 +168,7 @@ pub async fn remove(
             .engine
             .registry()
             .remove(plugin.name(), plugin.version());
-        let path = state.plugin_store.join(format!("{}.wasm", plugin.sha256()));
-        for p in [path.with_extension("json"), path] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(AppError::internal(format!("removing {}: {e}", p.display()))),
-            }
-        }
+        state.uploaded.remove(plugin.sha256())?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
