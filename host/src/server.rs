@@ -204,16 +204,38 @@ type OpenedStore = (
 
 /// The jobs' store and state buckets in PostgreSQL, its schema migrated. A database that does
 /// not answer is waited for (never replaced by the embedded one): the node says why in its
-/// log and retries with backoff. A schema newer than this binary stops it.
+/// log and retries with backoff. While another node is active on the store, this one waits as
+/// a standby. A schema newer than this binary stops it.
 fn open_postgres_store(config: &Config, url: &str) -> anyhow::Result<OpenedStore> {
     let pool = crate::store::connect_postgres(url, config.store_pool_size)
         .map_err(|e| anyhow::anyhow!("store: {e}"))?;
     let mut wait = Duration::from_millis(500);
+    let mut standby_said = false;
     loop {
-        let ready = crate::store::probe_postgres(url)
-            .and_then(|()| crate::store::pg_schema::migrate(&pool));
-        match ready {
-            Ok(_) => break,
+        let locked =
+            crate::store::probe_postgres(url).and_then(|()| crate::store::try_lock_store(url));
+        match locked {
+            Ok(Some(lock)) => {
+                lock.watch(Duration::from_secs(2), |why| {
+                    eprintln!(
+                        "plover: lost the connection that makes this node the store's active node ({why}); stopping, so that no two nodes run the same jobs"
+                    );
+                    std::process::exit(75);
+                });
+                break;
+            }
+            Ok(None) => {
+                if !standby_said {
+                    tracing::warn!(
+                        "another Plover node is active on this store; waiting as a standby"
+                    );
+                    eprintln!(
+                        "plover: another node is active on this store; waiting as a standby until it stops"
+                    );
+                    standby_said = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
             Err(e) if e.kind == StoreErrorKind::Unavailable => {
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the store database does not answer; waiting for it");
                 eprintln!("plover: waiting for the store database: {e}");
@@ -223,6 +245,9 @@ fn open_postgres_store(config: &Config, url: &str) -> anyhow::Result<OpenedStore
             Err(e) => anyhow::bail!("store: {e}"),
         }
     }
+    // Only the active node migrates, so a standby of a newer release cannot change the schema
+    // under the node that runs.
+    crate::store::pg_schema::migrate(&pool).map_err(|e| anyhow::anyhow!("store: {e}"))?;
     let store = PgJobStore::new(pool.clone()).with_job_state_quota(config.job_state_quota_bytes);
     let job_state = Arc::new(store.job_state());
     tracing::info!(

@@ -20,8 +20,8 @@ mod records;
 mod sled_store;
 
 pub use pg_store::{
-    PgJobState, PgJobStore, Pool as PgPool, connect as connect_postgres, probe as probe_postgres,
-    schema as pg_schema,
+    NodeLock, PgJobState, PgJobStore, Pool as PgPool, connect as connect_postgres,
+    probe as probe_postgres, schema as pg_schema, try_lock_store,
 };
 
 pub use sled_store::{

@@ -5,7 +5,10 @@
 //! at start-up by [`schema::migrate`].
 
 mod job_state;
+mod node_lock;
 pub mod schema;
+
+pub use node_lock::{NodeLock, try_lock_store};
 
 pub use job_state::PgJobState;
 

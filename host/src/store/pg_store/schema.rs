@@ -12,8 +12,9 @@ mod embedded {
 /// Where refinery records which migrations ran.
 const HISTORY_TABLE: &str = "plover_schema_history";
 
-/// The advisory lock nodes hold while migrating (any fixed number of this program's own).
-const MIGRATION_LOCK: i64 = 0x706c_6f76_6572; // "plover"
+/// The first half of the advisory lock nodes hold while migrating; the second half is the
+/// store's schema, so stores in other schemas of one database migrate apart.
+const MIGRATION_LOCK: i32 = 0x706c_7602;
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> u32 {
@@ -33,7 +34,10 @@ pub fn migrate(pool: &Pool) -> Result<u32, StoreError> {
         .get()
         .map_err(|e| StoreError::unavailable(format!("the store database: {e}")))?;
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext(current_schema()))",
+            &[&MIGRATION_LOCK],
+        )
         .map_err(|e| pg_error(what, e))?;
     let result = (|| {
         let current = current_version(&mut client)?;
@@ -56,7 +60,10 @@ pub fn migrate(pool: &Pool) -> Result<u32, StoreError> {
         Ok(current)
     })();
     // The lock ends with the session anyway; released here so the pooled connection is clean.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    let _ = client.execute(
+        "SELECT pg_advisory_unlock($1, hashtext(current_schema()))",
+        &[&MIGRATION_LOCK],
+    );
     result
 }
 
