@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod server;
+pub mod startup;
 pub mod stop;
 pub mod store;
 pub mod testing;

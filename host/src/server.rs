@@ -11,13 +11,14 @@ use crate::connectors::{HostConnections, SledBuckets};
 use crate::engine::Engine;
 use crate::engine::job::JobSnapshot;
 use crate::runtime::{PluginRegistry, Publisher, Runtime, RuntimeConfig};
+use crate::startup::{self, StartupStatus};
 use crate::store::{GroupFlush, JobStore, PgJobStore, SledJobStore, StoreErrorKind};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub fn init_logging(format: LogFormat) {
@@ -76,7 +77,7 @@ fn load_plugins(
 
 /// Everything the server runs on, opened from `config`. Split from [`serve`] so start-up
 /// problems surface before the port is bound.
-pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
+pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppState>> {
     let db =
         crate::store::open_database_with_cache(&config.data_dir.join("db"), config.db_cache_bytes)
             .map_err(|e| {
@@ -91,7 +92,7 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<AppState>> {
         )?,
     );
     let (store, job_state, store_pool) = match &config.store {
-        Some(url) => open_postgres_store(config, url)?,
+        Some(url) => open_postgres_store(config, url, status)?,
         None => open_sled_store(config, flush.clone())?,
     };
 
@@ -206,7 +207,11 @@ type OpenedStore = (
 /// not answer is waited for (never replaced by the embedded one): the node says why in its
 /// log and retries with backoff. While another node is active on the store, this one waits as
 /// a standby. A schema newer than this binary stops it.
-fn open_postgres_store(config: &Config, url: &str) -> anyhow::Result<OpenedStore> {
+fn open_postgres_store(
+    config: &Config,
+    url: &str,
+    status: &StartupStatus,
+) -> anyhow::Result<OpenedStore> {
     let pool = crate::store::connect_postgres(url, config.store_pool_size)
         .map_err(|e| anyhow::anyhow!("store: {e}"))?;
     let mut wait = Duration::from_millis(500);
@@ -225,6 +230,7 @@ fn open_postgres_store(config: &Config, url: &str) -> anyhow::Result<OpenedStore
                 break;
             }
             Ok(None) => {
+                status.set("standby: another node is active on this store");
                 if !standby_said {
                     tracing::warn!(
                         "another Plover node is active on this store; waiting as a standby"
@@ -237,6 +243,7 @@ fn open_postgres_store(config: &Config, url: &str) -> anyhow::Result<OpenedStore
                 std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) if e.kind == StoreErrorKind::Unavailable => {
+                status.set(format!("waiting for the store database: {e}"));
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the store database does not answer; waiting for it");
                 eprintln!("plover: waiting for the store database: {e}");
                 std::thread::sleep(wait);
@@ -290,7 +297,6 @@ fn notify(url: &str, job: &str, body: Vec<u8>) {
 /// resume from their last checkpoints at the next start.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(config.log_format);
-    let state = open(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -299,26 +305,40 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.bind))?;
         let addr = listener.local_addr()?;
+        // Bound first: health and readiness answer while the store is opened or awaited.
+        let status = StartupStatus::default();
+        let api_slot: Arc<OnceLock<axum::Router>> = Arc::default();
+        let mut serving = tokio::spawn(accept_loop(
+            listener,
+            startup::front_router(api_slot.clone(), status.clone()),
+            Duration::from_secs(config.header_read_timeout_secs.max(1)),
+            shutdown_signal(),
+        ));
+        println!("plover starting on http://{addr}");
+        let opening = {
+            let (config, status) = (config.clone(), status.clone());
+            tokio::task::spawn_blocking(move || open(&config, &status))
+        };
+        let state = tokio::select! {
+            opened = opening => opened??,
+            // Stopped while starting: nothing ran yet, nothing to flush.
+            _ = &mut serving => return anyhow::Ok(()),
+        };
+        status.set("resuming interrupted jobs");
         let engine = state.engine.clone();
         let resumed = tokio::task::spawn_blocking(move || engine.recover()).await??;
         if !resumed.is_empty() {
             tracing::info!(jobs = ?resumed, "resumed interrupted jobs");
         }
-        state.ready.store(true, Ordering::SeqCst);
-        println!("plover listening on http://{addr}");
-        tracing::info!(%addr, "listening");
-        let app = api::router(
+        let _ = api_slot.set(api::router(
             state.clone(),
             config.max_body_bytes,
             Duration::from_secs(config.request_timeout_secs),
-        );
-        accept_loop(
-            listener,
-            app,
-            Duration::from_secs(config.header_read_timeout_secs.max(1)),
-            shutdown_signal(),
-        )
-        .await;
+        ));
+        state.ready.store(true, Ordering::SeqCst);
+        println!("plover listening on http://{addr}");
+        tracing::info!(%addr, "listening");
+        let _ = serving.await;
         tracing::info!(
             "shutting down; running jobs resume from their checkpoints at the next start"
         );

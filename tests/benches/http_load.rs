@@ -40,15 +40,20 @@ fn start(data: &Path, plugins: &Path) -> Server {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("plover listening on ")
-        .unwrap()
-        .to_string();
+    // "starting on" comes first (the port is bound), "listening on" once the API serves.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the server exited"
+        );
+        if let Some(url) = line.trim().strip_prefix("plover listening on ") {
+            break url.to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     Server { child, url }
 }
 

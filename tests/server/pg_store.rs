@@ -7,7 +7,7 @@ use super::common::{ADMIN, Server, plugin_dir};
 use plover_tests::artifacts;
 use plover_tests::services::Schema;
 use serde_json::json;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -165,7 +165,40 @@ fn a_database_that_does_not_answer_is_waited_for_not_replaced() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The port is bound at once: alive, not ready, and saying why.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let url = first
+        .strip_prefix("plover starting on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        let r = http.get(format!("{url}{path}")).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(get("/healthz").0, 200);
     let started = Instant::now();
+    let (status, why) = loop {
+        let (status, why) = get("/readyz");
+        if why.contains("waiting for the store database")
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break (status, why);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("waiting for the store database"), "{why}");
+    let (status, body) = get("/api/v1/migrations");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"starting\""), "{body}");
     while started.elapsed() < Duration::from_secs(3) {
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -175,22 +208,17 @@ fn a_database_that_does_not_answer_is_waited_for_not_replaced() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let mut err = String::new();
     child
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
+    let out: Vec<String> = rx.try_iter().collect();
     assert!(
-        !out.contains("listening"),
-        "it served without its store: {out}"
+        !out.iter().any(|l| l.contains("listening")),
+        "it served without its store: {out:?}"
     );
     assert!(
         err.contains("waiting for the store database"),
