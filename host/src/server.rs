@@ -75,8 +75,8 @@ fn load_plugins(
     Ok(())
 }
 
-/// Everything the server runs on, opened from `config`. Split from [`serve`] so start-up
-/// problems surface before the port is bound.
+/// Everything the server runs on, opened from `config`, reporting what it waits for in
+/// `status` ([`serve`] has bound the port and answers health and readiness meanwhile).
 pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppState>> {
     let db =
         crate::store::open_database_with_cache(&config.data_dir.join("db"), config.db_cache_bytes)
