@@ -309,3 +309,69 @@ fn an_active_node_that_loses_its_lock_connection_stops_rather_than_risk_running_
     let status = node.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(75), "fail-stop: {status:?}");
 }
+
+#[test]
+fn while_the_store_database_refuses_the_node_answers_503_and_loses_nothing() {
+    let schema = Schema::new("pgdown");
+    let plugins = plugin_dir();
+    let data = tempfile::tempdir().unwrap();
+    let node = Server::start_with_config(data.path(), plugins.path(), &store_config(&schema));
+    let id = node.create(&json!({
+        "handler": "stepper",
+        "parameters": { "steps": [{ "id": "a", "batches": 1 }] },
+        "grants": { "data": "data" }
+    }));
+    // The store's role may not log in and its pooled sessions end; the node's lock session
+    // (named after the store) stays, so the node keeps running as the active one.
+    let mut admin = plover_tests::services::postgres();
+    let refuse = |admin: &mut postgres::Client| {
+        admin
+            .batch_execute(&format!("ALTER ROLE {} NOLOGIN", schema.role))
+            .unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE usename = $1 AND application_name <> $2",
+                &[&schema.role, &format!("plover active node {}", schema.name)],
+            )
+            .unwrap();
+    };
+    refuse(&mut admin);
+    for path in [
+        format!("/migrations/{id}"),
+        "/migrations".into(),
+        "/tokens".into(),
+    ] {
+        let (status, body) = node.get(&path, ADMIN);
+        assert_eq!(status, 503, "{path}: {body}");
+        assert_eq!(body["code"], "store-unavailable", "{path}: {body}");
+    }
+    let (status, body) = node.post(
+        "/migrations",
+        ADMIN,
+        &json!({ "handler": "stepper", "parameters": { "steps": [] }, "grants": {} }),
+    );
+    assert_eq!(status, 503, "{body}");
+
+    admin
+        .batch_execute(&format!("ALTER ROLE {} LOGIN", schema.role))
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let (status, job) = node.get(&format!("/migrations/{id}"), ADMIN);
+        if status == 200 {
+            assert_eq!(job["status"], "planned", "nothing acknowledged was lost");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{status}: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, list) = node.get("/migrations", ADMIN);
+    assert_eq!(
+        list["total"], 1,
+        "the refused creation left nothing: {list}"
+    );
+}
