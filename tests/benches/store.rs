@@ -2,30 +2,47 @@
 //! requests that must not grow with them (a list page, the counts `/metrics` reads, a
 //! snapshot), with 10 jobs and with many.
 //!
-//! Run: `cargo bench -p plover-tests --bench store` (add `-- --quick` for a smoke run).
+//! Run: `cargo bench -p plover-tests --bench store` (add `-- --quick` for a smoke run, and
+//! `-- --postgres` to measure the PostgreSQL store, in a schema of its own in the local
+//! database `test`, instead of sled).
 //!
 //! Jobs are created and run through the engine with the stepper plugin (a two-step plan,
-//! one object per step), over a sled store in a temporary directory.
+//! one object per step), over a sled store in a temporary directory or the PostgreSQL one.
 
-use plover_host::connectors::HostConnections;
+use plover_host::connectors::{HostConnections, JobStateSpace};
 use plover_host::engine::options::JobOptions;
 use plover_host::engine::state::JobStatus;
 use plover_host::engine::{Engine, ListFilter, NewMigration};
 use plover_host::runtime::{PluginRegistry, Runtime, RuntimeConfig};
-use plover_host::store::SledJobStore;
+use plover_host::store::{JobStore, PgJobStore, SledJobStore};
 use plover_tests::artifacts;
 use plover_tests::bench::{disk_bytes, median, resident_bytes};
+use plover_tests::services::Schema;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn engine(dir: &std::path::Path) -> Engine {
+/// The engine over sled in `dir`, or over PostgreSQL in `schema` (sled buckets stay in `dir`).
+fn engine(dir: &std::path::Path, schema: Option<&Schema>) -> Engine {
     let db = plover_host::store::open_database(&dir.join("db")).unwrap();
-    let store = SledJobStore::open_db(&db).unwrap();
+    let (store, job_state): (Arc<dyn JobStore>, Arc<dyn JobStateSpace>) = match schema {
+        Some(schema) => {
+            let pool = plover_host::store::connect_postgres(&schema.store_url(), 16).unwrap();
+            plover_host::store::pg_schema::migrate(&pool).unwrap();
+            let store = PgJobStore::new(pool);
+            let job_state = Arc::new(store.job_state());
+            (Arc::new(store), job_state)
+        }
+        None => {
+            let store = SledJobStore::open_db(&db).unwrap();
+            let job_state = Arc::new(store.job_state());
+            (Arc::new(store), job_state)
+        }
+    };
     let connections = Arc::new(HostConnections::new(
         plover_host::connectors::SledBuckets::new(db.clone()),
-        Arc::new(store.job_state()),
+        job_state,
         BTreeMap::new(),
         true,
     ));
@@ -34,13 +51,27 @@ fn engine(dir: &std::path::Path) -> Engine {
     registry
         .insert(runtime.load_file(artifacts::STEPPER.as_ref()).unwrap())
         .unwrap();
-    Engine::open(
-        registry,
-        Arc::new(store),
-        connections,
-        JobOptions::default(),
-    )
-    .unwrap()
+    Engine::open(registry, store, connections, JobOptions::default()).unwrap()
+}
+
+/// What the jobs take where they are kept: the data directory, or the schema's tables with
+/// their indexes and TOAST.
+fn stored_bytes(dir: &std::path::Path, schema: Option<&Schema>) -> u64 {
+    match schema {
+        None => disk_bytes(dir),
+        Some(schema) => {
+            let total: Option<i64> = plover_tests::services::postgres()
+                .query_one(
+                    "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relkind = 'r'",
+                    &[&schema.name],
+                )
+                .unwrap()
+                .get(0);
+            total.unwrap_or(0) as u64
+        }
+    }
 }
 
 fn new_job(engine: &Engine) -> String {
@@ -114,26 +145,30 @@ fn request_costs(engine: &Engine, newest: &str) -> (Duration, Duration, Duration
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let postgres = std::env::args().any(|a| a == "--postgres");
     let (small, large) = if quick { (100, 1_000) } else { (100, 10_000) };
     println!(
-        "plover store benchmark ({} mode; request costs are medians of 200)",
-        if quick { "quick" } else { "full" }
+        "plover store benchmark ({} mode, {}; request costs are medians of 200)",
+        if quick { "quick" } else { "full" },
+        if postgres { "PostgreSQL" } else { "sled" }
     );
     // Planned jobs only (created, never run).
     let planned_dir = tempfile::tempdir().unwrap();
-    let planned = engine(planned_dir.path());
+    let planned_schema = postgres.then(|| Schema::new("benchplanned"));
+    let planned = engine(planned_dir.path(), planned_schema.as_ref());
     for _ in 0..large {
         new_job(&planned);
     }
     planned.flush().unwrap();
     println!(
         "disk: {large} planned jobs {:.1} MiB",
-        disk_bytes(planned_dir.path()) as f64 / (1 << 20) as f64
+        stored_bytes(planned_dir.path(), planned_schema.as_ref()) as f64 / (1 << 20) as f64
     );
     drop(planned);
 
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(dir.path());
+    let schema = postgres.then(|| Schema::new("benchstore"));
+    let engine = engine(dir.path(), schema.as_ref());
     let rss_empty = resident_bytes();
 
     run_jobs(&engine, small, 8);
@@ -141,7 +176,7 @@ fn main() {
         .id
         .clone();
     let at_small = request_costs(&engine, &newest);
-    let (disk_small, rss_small) = (disk_bytes(dir.path()), resident_bytes());
+    let (disk_small, rss_small) = (stored_bytes(dir.path(), schema.as_ref()), resident_bytes());
 
     let started = Instant::now();
     let mut resident = vec![];
@@ -155,7 +190,7 @@ fn main() {
         .clone();
     let at_large = request_costs(&engine, &newest);
     engine.flush().unwrap();
-    let (disk_large, rss_large) = (disk_bytes(dir.path()), resident_bytes());
+    let (disk_large, rss_large) = (stored_bytes(dir.path(), schema.as_ref()), resident_bytes());
     let total = engine.list(&Default::default()).unwrap().total;
     assert_eq!(total, large as u64);
 
