@@ -17,10 +17,9 @@ use plover_host::store::SledJobStore;
 use plover_host::testing::TestHarness;
 use plover_tests::artifacts;
 use plover_tests::bench::{disk_bytes, median, resident_bytes};
-use plover_tests::services::Schema;
+use plover_tests::services::{Schema, trickling_server};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -104,32 +103,6 @@ fn ten_million_results(batches: u32) {
         mib(disk_after - disk_before),
         (disk_after - disk_before) as f64 / results as f64
     );
-}
-
-/// A loopback server that trickles a body a byte every 200 ms.
-fn trickling_server() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                    line.clear();
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
-                for _ in 0..1000 {
-                    if stream.write_all(b"t").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            });
-        }
-    });
-    base
 }
 
 /// Median time from the call's deadline (1 s) to the call's end, for `ops` run in `execute`.

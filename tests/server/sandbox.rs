@@ -4,9 +4,8 @@
 
 use super::common::{ADMIN, Server, plugin_dir};
 use plover_tests::artifacts;
-use plover_tests::services::{POSTGRES_URL, Schema};
+use plover_tests::services::{POSTGRES_URL, Schema, trickling_server};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 fn server_with(toml: &str) -> (Server, tempfile::TempDir, tempfile::TempDir) {
@@ -72,33 +71,6 @@ fn cancel_reaches_a_dry_run_in_progress() {
         "{:?}",
         started.elapsed()
     );
-}
-
-/// A server on loopback that answers every request with headers promising 1000 bytes, then
-/// sends one every 200 ms.
-fn trickling_server() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                    line.clear();
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
-                for _ in 0..1000 {
-                    if stream.write_all(b"t").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            });
-        }
-    });
-    base
 }
 
 #[test]

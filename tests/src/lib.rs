@@ -56,6 +56,34 @@ pub mod services {
     pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
     /// A name no other test (or concurrent run) uses: `tag`, the process id and a counter.
+    /// A server on loopback that answers every request with headers promising 1000 bytes,
+    /// then sends one every 200 ms: a wait the plugin cannot be interrupted in. Its address.
+    pub fn trickling_server() -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        line.clear();
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+                    for _ in 0..1000 {
+                        if stream.write_all(b"t").is_err() {
+                            return;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                });
+            }
+        });
+        base
+    }
+
     pub fn unique(tag: &str) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
