@@ -349,18 +349,7 @@ fn a_dry_run_that_swallows_a_database_error_does_not_pass() {
 #[test]
 fn the_call_deadline_holds_even_when_the_plugin_lifts_the_statement_timeout() {
     let schema = Schema::new("deadline");
-    let mut h = TestHarness::load_in(
-        std::sync::Arc::new(
-            plover_host::runtime::Runtime::new(plover_host::runtime::RuntimeConfig::default())
-                .unwrap(),
-        ),
-        artifacts::CONNECTOR_PROBE,
-        plover_host::runtime::SandboxLimits {
-            call_timeout: std::time::Duration::from_secs(2),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut h = probe_with_deadline(std::time::Duration::from_secs(2));
     h.grant_connector("db", schema.connector());
     let started = std::time::Instant::now();
     let failure = dry_run(

@@ -169,18 +169,7 @@ fn http_in_a_dry_run_sends_nothing_that_could_write_and_the_host_owns_framing() 
 #[test]
 fn an_http_exchange_ends_at_the_deadline_or_a_force_stop_however_slow_the_server() {
     let (base, _) = http_server();
-    let mut h = TestHarness::load_in(
-        std::sync::Arc::new(
-            plover_host::runtime::Runtime::new(plover_host::runtime::RuntimeConfig::default())
-                .unwrap(),
-        ),
-        artifacts::CONNECTOR_PROBE,
-        plover_host::runtime::SandboxLimits {
-            call_timeout: std::time::Duration::from_secs(2),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut h = probe_with_deadline(std::time::Duration::from_secs(2));
     h.grant_connector("api", http_connection(&base, true));
     // A body trickled a byte every 200 ms for 200 s: the 2 s call deadline ends the exchange
     // and the call.

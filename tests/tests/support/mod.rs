@@ -81,3 +81,19 @@ pub fn http_connection(base: &str, allow_private: bool) -> Connector {
         .unwrap(),
     ))
 }
+
+/// The connector probe, nothing granted yet, whose calls end at `deadline`.
+pub fn probe_with_deadline(deadline: std::time::Duration) -> TestHarness {
+    TestHarness::load_in(
+        Arc::new(
+            plover_host::runtime::Runtime::new(plover_host::runtime::RuntimeConfig::default())
+                .unwrap(),
+        ),
+        artifacts::CONNECTOR_PROBE,
+        plover_host::runtime::SandboxLimits {
+            call_timeout: deadline,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
