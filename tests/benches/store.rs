@@ -2,9 +2,9 @@
 //! requests that must not grow with them (a list page, the counts `/metrics` reads, a
 //! snapshot), with 10 jobs and with many.
 //!
-//! Run: `cargo bench -p plover-tests --bench store` (add `-- --quick` for a smoke run, and
-//! `-- --postgres` to measure the PostgreSQL store, in a schema of its own in the local
-//! database `test`, instead of sled).
+//! Run: `cargo bench -p plover-tests --bench store` (add `-- --quick` for a smoke run,
+//! `-- --jobs N` for N jobs instead of 10,000, and `-- --postgres` to measure the PostgreSQL
+//! store, in a schema of its own in the local database `test`, instead of sled).
 //!
 //! Jobs are created and run through the engine with the stepper plugin (a two-step plan,
 //! one object per step), over a sled store in a temporary directory or the PostgreSQL one.
@@ -143,10 +143,55 @@ fn request_costs(engine: &Engine, newest: &str) -> (Duration, Duration, Duration
     (list, counts, snapshot)
 }
 
+/// Set in a child process of the benchmark: open the sled data there and report memory.
+const OPEN_ONLY: &str = "PLOVER_BENCH_OPEN_ONLY";
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// What a node restarted on `engine`'s data in `dir` holds: the resident memory of a new
+/// process that opens a copy of it (sled allows one opener) and reads a list page, in MiB.
+fn memory_after_restart(engine: &Engine, dir: &std::path::Path) -> f64 {
+    engine.flush().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir, copy.path());
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(OPEN_ONLY, copy.path())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let postgres = std::env::args().any(|a| a == "--postgres");
-    let (small, large) = if quick { (100, 1_000) } else { (100, 10_000) };
+    if let Ok(dir) = std::env::var(OPEN_ONLY) {
+        let engine = engine(std::path::Path::new(&dir), None);
+        engine.list(&Default::default()).unwrap();
+        println!("{:.1}", resident_bytes() as f64 / (1 << 20) as f64);
+        return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let postgres = args.iter().any(|a| a == "--postgres");
+    let (small, mut large) = if quick { (100, 1_000) } else { (100, 10_000) };
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--jobs")
+        .and_then(|i| args.get(i + 1))
+    {
+        large = n.parse().expect("--jobs takes a number");
+    }
     println!(
         "plover store benchmark ({} mode, {}; request costs are medians of 200)",
         if quick { "quick" } else { "full" },
@@ -177,6 +222,7 @@ fn main() {
         .clone();
     let at_small = request_costs(&engine, &newest);
     let (disk_small, rss_small) = (stored_bytes(dir.path(), schema.as_ref()), resident_bytes());
+    let restarted_small = (!postgres).then(|| memory_after_restart(&engine, dir.path()));
 
     let started = Instant::now();
     let mut resident = vec![];
@@ -193,6 +239,7 @@ fn main() {
     let (disk_large, rss_large) = (stored_bytes(dir.path(), schema.as_ref()), resident_bytes());
     let total = engine.list(&Default::default()).unwrap().total;
     assert_eq!(total, large as u64);
+    let restarted_large = (!postgres).then(|| memory_after_restart(&engine, dir.path()));
 
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -217,6 +264,12 @@ fn main() {
         .map(|(n, b)| format!("{n}: {:.1} MiB", mib(*b)))
         .collect();
     println!("resident memory as jobs finish: {}", steps.join(", "));
+    if let (Some(a), Some(b)) = (restarted_small, restarted_large) {
+        println!(
+            "a node restarted on the data: {small} jobs {a:.1} MiB, {large} jobs {b:.1} MiB ({:.2} KiB per job)",
+            (b - a) * 1024.0 / (large - small) as f64
+        );
+    }
     println!(
         "list page (50 jobs):     {small} jobs {:>7.1} µs, {large} jobs {:>7.1} µs",
         us(at_small.0),

@@ -569,3 +569,213 @@ fn a_database_migrated_by_a_newer_binary_is_refused_naming_both_versions() {
         "{err}"
     );
 }
+
+/// The feed a model of the window predicts: every event but the log lines dropped.
+fn expected_after(all: &[FeedEvent], dropped: &[u64], after: u64, logs_only: bool) -> Vec<u64> {
+    all.iter()
+        .filter(|e| e.seq > after && !dropped.contains(&e.seq))
+        .filter(|e| !logs_only || matches!(e.body, EventBody::Log { .. }))
+        .map(|e| e.seq)
+        .collect()
+}
+
+#[test]
+fn a_long_feed_reads_the_same_while_it_is_written_packed_and_its_oldest_logs_fall_out() {
+    on_every_backend(|name, b| {
+        let s = &*b.store;
+        let mut r = record(1, "stepper", JobStatus::Executing);
+        let id = r.id.clone();
+        let mut all: Vec<FeedEvent> = vec![];
+        let mut dropped: Vec<u64> = vec![];
+        let seqs = |v: Vec<FeedEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let check = |all: &[FeedEvent], dropped: &[u64], when: &str| {
+            let last = all.last().map_or(0, |e| e.seq);
+            for after in [0, 1, 63, 64, 65, 127, 128, 129, 200, last.saturating_sub(1), last] {
+                for limit in [1, 7, 100, 10_000] {
+                    let mut want = expected_after(all, dropped, after, false);
+                    want.truncate(limit);
+                    assert_eq!(
+                        seqs(s.events_after(&id, after, limit).unwrap()),
+                        want,
+                        "{name} {when}: events after {after}, {limit} at most"
+                    );
+                    let mut want = expected_after(all, dropped, after, true);
+                    want.truncate(limit);
+                    assert_eq!(
+                        seqs(s.logs_after(&id, after, limit).unwrap()),
+                        want,
+                        "{name} {when}: logs after {after}, {limit} at most"
+                    );
+                }
+            }
+        };
+        // A running job: commits of 7 events, every third a log line.
+        for commit_no in 0..40 {
+            let events: Vec<FeedEvent> = (0..7)
+                .map(|i| {
+                    let seq = commit_no * 7 + i + 1;
+                    if seq % 3 == 0 {
+                        log(seq, &format!("line {seq}"))
+                    } else {
+                        state_change(seq)
+                    }
+                })
+                .collect();
+            r.next_seq = events.last().unwrap().seq + 1;
+            commit(s, &r, &events);
+            all.extend(events);
+        }
+        check(&all, &dropped, "while running");
+        // The window drops the 50 oldest log lines (some packed, some not), then 3 more with
+        // the next commit's line.
+        let logs: Vec<u64> = expected_after(&all, &[], 0, true);
+        let next = all.len() as u64 + 1;
+        s.commit(Commit {
+            record: &r,
+            append: &[log(next, "newest")],
+            drop_oldest_logs: 50,
+            segments: &[],
+        })
+        .unwrap();
+        all.push(log(next, "newest"));
+        dropped.extend(&logs[..50]);
+        check(&all, &dropped, "after 50 lines fell out");
+        s.commit(Commit {
+            record: &r,
+            append: &[],
+            drop_oldest_logs: 3,
+            segments: &[],
+        })
+        .unwrap();
+        dropped.extend(&logs[50..53]);
+        check(&all, &dropped, "after 3 more fell out");
+        // It settles: whatever was loose is packed; nothing reads differently, nor after a reopen.
+        r.status = JobStatus::Completed;
+        let last = log(next + 1, "done");
+        r.next_seq = next + 2;
+        commit(s, &r, std::slice::from_ref(&last));
+        all.push(last);
+        check(&all, &dropped, "settled");
+        let (reopened, _) = (b.reopen)();
+        assert_eq!(
+            seqs(reopened.events_after(&r.id, 0, 10_000).unwrap()),
+            expected_after(&all, &dropped, 0, false),
+            "{name}: reopened"
+        );
+        match &reopened.logs_after(&r.id, next, 1).unwrap()[0].body {
+            EventBody::Log { message, .. } => assert_eq!(message, "done", "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        // Deleting the job takes every form of its feed with it.
+        s.delete(&r.id).unwrap();
+        assert!(s.events_after(&r.id, 0, 10).unwrap().is_empty(), "{name}");
+        assert!(s.logs_after(&r.id, 0, 10).unwrap().is_empty(), "{name}");
+    });
+}
+
+#[test]
+fn a_reader_sees_every_event_once_in_order_while_events_are_packed() {
+    on_every_backend(|name, b| {
+        let store = b.store.clone();
+        let mut r = record(2, "stepper", JobStatus::Executing);
+        let writer = {
+            let store = store.clone();
+            let id = r.id.clone();
+            std::thread::spawn(move || {
+                for commit_no in 0..150u64 {
+                    let events: Vec<FeedEvent> = (0..5)
+                        .map(|i| {
+                            let seq = commit_no * 5 + i + 1;
+                            if seq % 2 == 0 {
+                                log(seq, "line")
+                            } else {
+                                state_change(seq)
+                            }
+                        })
+                        .collect();
+                    r.next_seq = events.last().unwrap().seq + 1;
+                    if commit_no == 149 {
+                        r.status = JobStatus::Completed;
+                    }
+                    commit(&*store, &r, &events);
+                }
+                id
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() || reads == 0 {
+            let seqs: Vec<u64> = store
+                .events_after("job-0002", 0, 100_000)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+            assert_eq!(seqs, expected, "{name}: read {reads} has a gap or a repeat");
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(
+            store.events_after("job-0002", 0, 100_000).unwrap().len(),
+            750,
+            "{name}"
+        );
+    });
+}
+
+#[test]
+fn a_finished_job_keeps_a_few_keys_in_sled_not_one_per_event() {
+    // sled keeps in-memory metadata for each page, and a page holds at most 16 keys: what
+    // a finished job keeps in keys is what it costs the node's memory for good.
+    let dir = tempfile::tempdir().unwrap();
+    let db = plover_host::store::open_database(&dir.path().join("db")).unwrap();
+    let store = SledJobStore::open_db(&db).unwrap();
+    let job_state: Arc<dyn JobStateSpace> = Arc::new(store.job_state());
+    let b = Backend {
+        store: Arc::new(store),
+        job_state,
+        reopen: Box::new(|| unreachable!()),
+        damage: Box::new(|_| unreachable!()),
+        _keep: Box::new(()),
+    };
+    let engine = engine_on(&b);
+    let job = engine
+        .create(
+            NewMigration {
+                handler: "stepper".into(),
+                parameters: json!({ "steps": [
+                    { "id": "a", "batches": 12, "per_batch": 3, "batch_ms": 30 },
+                    { "id": "b", "batches": 12, "per_batch": 3, "batch_ms": 30, "after": ["a"] }
+                ] }),
+                grants: [("data".to_string(), "data".to_string())].into(),
+                ..Default::default()
+            },
+            "tester",
+        )
+        .unwrap();
+    engine.execute(&job.id, "tester").unwrap();
+    let snap = engine.wait_idle(&job.id, Duration::from_secs(60)).unwrap();
+    assert_eq!(snap.status, JobStatus::Completed, "{:?}", snap.errors);
+    let events = b.store.events_after(&job.id, 0, 100_000).unwrap().len();
+    let tree = db.open_tree("plover/jobs").unwrap();
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for k in tree.iter().keys() {
+        let k = k.unwrap();
+        if k.windows(job.id.len()).any(|w| w == job.id.as_bytes()) {
+            let kind = String::from_utf8_lossy(&k[..k.iter().position(|b| *b == b'/').unwrap()]);
+            *by_kind.entry(kind.into_owned()).or_default() += 1;
+        }
+    }
+    let of = |kinds: &[&str]| kinds.iter().map(|k| by_kind.get(*k).unwrap_or(&0)).sum::<usize>();
+    assert!(events >= 40, "the job made {events} events");
+    assert!(
+        of(&["e", "l", "E", "L"]) <= 2,
+        "{events} events of a finished job keep these keys: {by_kind:?}"
+    );
+    assert_eq!(of(&["g"]), 2, "one result segment per step: {by_kind:?}");
+    assert_eq!(
+        of(&["j", "p", "m", "s", "ic", "is", "ip", "ips"]),
+        8,
+        "{by_kind:?}"
+    );
+}

@@ -105,11 +105,17 @@ pub(crate) fn chunk_results(
         .collect()
 }
 
-/// Compress a chunk: results repeat their field names and much of their values, so a chunk
-/// shrinks several fold, and every byte not written is one the store's log does not carry.
-fn compress(json: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// Compress a chunk: results and events repeat their field names and much of their values,
+/// so a chunk shrinks several fold, and every byte not written is one the store's log does
+/// not carry.
+pub(crate) fn compress(json: &[u8]) -> Result<Vec<u8>, StoreError> {
     zstd::stream::encode_all(json, 1)
-        .map_err(|e| StoreError::unavailable(format!("compressing object results: {e}")))
+        .map_err(|e| StoreError::unavailable(format!("compressing a chunk: {e}")))
+}
+
+/// The JSON of a chunk [`compress`] made.
+pub(crate) fn decompress(what: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    zstd::stream::decode_all(bytes).map_err(|e| StoreError::corrupt(format!("{what}: {e}")))
 }
 
 /// The zstd frame magic number; a chunk starting otherwise is plain JSON.
@@ -117,8 +123,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<StagedChunk, StoreError> {
     if bytes.starts_with(&ZSTD_MAGIC) {
-        let json = zstd::stream::decode_all(bytes)
-            .map_err(|e| StoreError::corrupt(format!("object results: {e}")))?;
+        let json = decompress("object results", bytes)?;
         return serde_json::from_slice(&json).map_err(|e| json_error("object results", e));
     }
     serde_json::from_slice(bytes).map_err(|e| json_error("object results", e))

@@ -5,9 +5,11 @@
 //!   (spec, plan, options, grants, dry run, approval), written only when it does;
 //!   `m/<job>`: what its index entries are ([`IndexMeta`]); `s/<job>`: its summary as lists
 //!   show it.
-//! - `e/<job>/<seq>`: a feed event; `l/<job>/<seq>`: index of the log events.
-//! - `r/<job>/<step><n>`: the step's `n`-th staged object result; `g/<job>/<first>`: a segment
-//!   of them made visible from position `first`.
+//! - `e/<job>/<seq>`: a feed event not packed yet; `l/<job>/<seq>`: index of those that are
+//!   log events. `L/<job>/<first seq>`, `E/<job>/<first seq>`: packed chunks of log events
+//!   and of the others (see `event_chunks`).
+//! - `r/<job>/<step><n>`: a chunk of the step's staged object results from its `n`-th;
+//!   `g/<job>/<first>`: a segment of them made visible from position `first`.
 //! - `ic/<created><job>`, `is/<status>\0<created><job>`, `ip/<plugin>\0<created><job>`,
 //!   `ips/<plugin>\0<status>\0<created><job>`: the list indexes (empty values).
 //! - `n/<plugin>\0<status>`: how many jobs of that plugin are in that status.

@@ -1,6 +1,8 @@
 //! [`JobStore`] on sled. One tree holds every job, so one `apply_batch` is one atomic commit,
-//! and [`GroupFlush`] makes it durable before `commit` returns. See [`keys`] for the layout.
+//! and [`GroupFlush`] makes it durable before `commit` returns. See [`keys`] for the layout
+//! and [`event_chunks`] for how a job's feed is packed.
 
+mod event_chunks;
 mod group_flush;
 mod job_state;
 mod keys;
@@ -15,7 +17,7 @@ use super::records::{
 use super::{
     Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StoreError, StoredObject,
 };
-use crate::engine::job::{EventBody, FeedEvent, JobRecord, JobSummary};
+use crate::engine::job::{FeedEvent, JobRecord, JobSummary};
 use crate::engine::state::JobStatus;
 use crate::model::ObjectResult;
 use chrono::{DateTime, Utc};
@@ -28,6 +30,8 @@ pub struct SledJobStore {
     job_state: SledJobState,
     /// Held while index entries and counters move, so counters stay exact.
     index_lock: Mutex<()>,
+    /// Orders feed reads against commits that pack events (see [`event_chunks`]).
+    pack_lock: event_chunks::PackLock,
 }
 
 /// A sled error, classified: corruption is reported as such, everything else may pass.
@@ -111,6 +115,7 @@ impl SledJobStore {
             flush,
             job_state,
             index_lock: Mutex::new(()),
+            pack_lock: Default::default(),
         };
         for item in store.tree.scan_prefix(keys::TOMBSTONES).keys() {
             let k = item.map_err(|e| sled_error("reading pending deletions", e))?;
@@ -230,6 +235,39 @@ impl SledJobStore {
         self.flush.sync()
     }
 
+    /// [`Self::apply`] for a commit; one that moves events into chunks is applied while no
+    /// reader is between two keys of a feed.
+    fn apply_commit(&self, batch: sled::Batch, packs: bool) -> Result<(), StoreError> {
+        let what = "committing a job";
+        if !packs {
+            return self.apply(batch, what);
+        }
+        {
+            let _no_readers = self.pack_lock.write().expect("pack lock");
+            self.tree
+                .apply_batch(batch)
+                .map_err(|e| sled_error(what, e))?;
+        }
+        self.flush.sync()
+    }
+
+    /// The job's last segment of visible object results.
+    fn last_segment(&self, id: &str) -> Result<Option<ObjectSegment>, StoreError> {
+        match self
+            .tree
+            .scan_prefix(keys::numbered_prefix("g", id))
+            .next_back()
+        {
+            Some(item) => {
+                let (_, v) = item.map_err(|e| sled_error("reading object results", e))?;
+                Ok(Some(serde_json::from_slice(&v).map_err(|e| {
+                    json_error("a result segment", e)
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Keep an unreadable record aside: out of every index and count, its bytes saved.
     fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
         tracing::error!(
@@ -266,7 +304,7 @@ impl SledJobStore {
 
     /// Remove everything of a deleted job but its tombstone, chunk by chunk, then the tombstone.
     fn remove_bulk(&self, id: &str) -> Result<(), StoreError> {
-        for prefix in ["e", "l", "r", "g"] {
+        for prefix in ["e", "l", "E", "L", "r", "g"] {
             loop {
                 let chunk: Vec<sled::IVec> = self
                     .tree
@@ -293,9 +331,6 @@ impl SledJobStore {
         self.apply(batch, "deleting a job")
     }
 
-    fn decode_event(&self, v: &[u8]) -> Result<FeedEvent, StoreError> {
-        serde_json::from_slice(v).map_err(|e| json_error("an event", e))
-    }
 }
 
 impl ObjectSource for SledJobStore {
@@ -370,32 +405,37 @@ impl JobStore for SledJobStore {
                 batch.insert(key, value);
             }
         }
-        for e in c.append {
-            batch.insert(
-                keys::numbered("e", id, e.seq),
-                serde_json::to_vec(e).map_err(|e| json_error("an event", e))?,
-            );
-            if let EventBody::Log { .. } = &e.body {
-                batch.insert(keys::numbered("l", id, e.seq), &[][..]);
-            }
-        }
-        if c.drop_oldest_logs > 0 {
-            for k in self
-                .tree
-                .scan_prefix(keys::numbered_prefix("l", id))
-                .keys()
-                .take(c.drop_oldest_logs as usize)
-            {
-                let k = k.map_err(|e| sled_error("dropping old log lines", e))?;
-                batch.remove(keys::numbered("e", id, keys::tail_number(&k)));
-                batch.remove(k);
-            }
-        }
+        let packs = event_chunks::write(
+            &self.tree,
+            &mut batch,
+            id,
+            c.append,
+            c.drop_oldest_logs,
+            !c.record.status.is_running(),
+        )?;
+        // A segment that continues the previous one (same step, next positions) extends it:
+        // a step committing a checkpoint at a time would otherwise leave a key per checkpoint.
+        let mut last = match c.segments {
+            [] => None,
+            _ => self.last_segment(id)?,
+        };
         for seg in c.segments {
+            let extended = match &mut last {
+                Some(l)
+                    if l.step == seg.step
+                        && l.first_index + l.count == seg.first_index
+                        && l.first_staged + l.count == seg.first_staged =>
+                {
+                    l.count += seg.count;
+                    *l
+                }
+                _ => *seg,
+            };
             batch.insert(
-                keys::numbered("g", id, seg.first_index),
-                serde_json::to_vec(seg).expect("serialises"),
+                keys::numbered("g", id, extended.first_index),
+                serde_json::to_vec(&extended).expect("serialises"),
             );
+            last = Some(extended);
         }
         let meta = IndexMeta {
             status: c.record.status,
@@ -404,7 +444,7 @@ impl JobStore for SledJobStore {
         };
         let old = self.meta(id)?;
         if old.as_ref() == Some(&meta) {
-            return self.apply(batch, "committing a job");
+            return self.apply_commit(batch, packs);
         }
         let _guard = self.index_lock.lock().expect("index lock");
         self.move_indexes(&mut batch, id, old.as_ref(), Some(&meta))?;
@@ -412,7 +452,7 @@ impl JobStore for SledJobStore {
             keys::meta(id),
             serde_json::to_vec(&meta).expect("serialises"),
         );
-        self.apply(batch, "committing a job")
+        self.apply_commit(batch, packs)
     }
 
     fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -518,41 +558,13 @@ impl JobStore for SledJobStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<FeedEvent>, StoreError> {
-        let Some(from) = after.checked_add(1) else {
-            return Ok(vec![]);
-        };
-        let end = keys::prefix_end(&keys::numbered_prefix("e", id));
-        self.tree
-            .range(keys::numbered("e", id, from)..end)
-            .take(limit)
-            .map(|r| {
-                r.map_err(|e| sled_error("reading events", e))
-                    .and_then(|(_, v)| self.decode_event(&v))
-            })
-            .collect()
+        let _packing_waits = self.pack_lock.read().expect("pack lock");
+        event_chunks::read(&self.tree, id, after, limit, false)
     }
 
     fn logs_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
-        let Some(from) = after.checked_add(1) else {
-            return Ok(vec![]);
-        };
-        let end = keys::prefix_end(&keys::numbered_prefix("l", id));
-        let mut out = vec![];
-        for r in self.tree.range(keys::numbered("l", id, from)..end).keys() {
-            if out.len() == limit {
-                break;
-            }
-            let k = r.map_err(|e| sled_error("reading logs", e))?;
-            let seq = keys::tail_number(&k);
-            if let Some(v) = self
-                .tree
-                .get(keys::numbered("e", id, seq))
-                .map_err(|e| sled_error("reading logs", e))?
-            {
-                out.push(self.decode_event(&v)?);
-            }
-        }
-        Ok(out)
+        let _packing_waits = self.pack_lock.read().expect("pack lock");
+        event_chunks::read(&self.tree, id, after, limit, true)
     }
 
     fn stage_objects(
