@@ -23,6 +23,14 @@ pub struct Config {
     pub store: Option<String>,
     /// How many connections the PostgreSQL store may hold open.
     pub store_pool_size: u32,
+    /// What this node is called among the nodes sharing a PostgreSQL store (default: the
+    /// host name). `PLOVER_NODE_NAME` overrides it.
+    pub node_name: Option<String>,
+    /// How long a node's lease on a job lasts without renewal, in milliseconds: the jobs of a
+    /// node that dies resume on another within about this long (PostgreSQL store).
+    pub lease_ms: u64,
+    /// Where this node's API is reached, shown in `GET /api/v1/nodes`.
+    pub advertise_url: Option<String>,
     /// Directories whose `*.wasm` plugins are loaded at start-up (bundled handlers).
     pub plugin_dirs: Vec<PathBuf>,
     /// `text` or `json` logs.
@@ -75,6 +83,9 @@ impl Default for Config {
             data_dir: PathBuf::from("plover-data"),
             store: None,
             store_pool_size: 16,
+            node_name: None,
+            lease_ms: 10_000,
+            advertise_url: None,
             plugin_dirs: vec![PathBuf::from("plugins/target/wasm32-wasip2/release")],
             log_format: LogFormat::Text,
             max_body_bytes: 64 << 20,
@@ -112,7 +123,7 @@ impl Config {
     }
 
     /// `PLOVER_BIND`, `PLOVER_DATA_DIR`, `PLOVER_DATABASE_URL`, `PLOVER_PLUGIN_DIRS`
-    /// (colon-separated), `PLOVER_LOG_FORMAT`, `PLOVER_WEBHOOK`.
+    /// (colon-separated), `PLOVER_LOG_FORMAT`, `PLOVER_WEBHOOK`, `PLOVER_NODE_NAME`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(v) = get("PLOVER_BIND") {
             self.bind = v
@@ -142,7 +153,21 @@ impl Config {
         if let Some(v) = get("PLOVER_WEBHOOK") {
             self.webhook = Some(v);
         }
+        if let Some(v) = get("PLOVER_NODE_NAME").filter(|v| !v.is_empty()) {
+            self.node_name = Some(v);
+        }
         Ok(())
+    }
+
+    /// What this node is called: `node_name`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "plover".into())
+        })
     }
 }
 

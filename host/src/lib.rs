@@ -11,7 +11,9 @@
 //! - [`connectors`]: what a job may reach (key-value buckets), granted per job.
 //! - [`engine`]: the migration lifecycle: plan, dry run, gates, step DAG, retries, cancel,
 //!   pause, rollback, crash recovery.
-//! - [`store`]: durable job state (sled), behind a small trait.
+//! - [`store`]: durable job state (sled embedded, or PostgreSQL), behind a small trait.
+//! - [`cluster`]: several nodes on one PostgreSQL store: leases with fencing, forwarded
+//!   requests, change notices, the node list.
 //! - [`metrics`]: counters and histograms kept as things happen, rendered for `/metrics`.
 //! - [`api`]: the HTTP API (axum), live progress over SSE, bearer-token roles.
 //! - [`server`], [`config`], [`cli`]: the `plover` binary, a thin layer over the above.
@@ -19,6 +21,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod engine;

@@ -158,12 +158,26 @@ pub fn limit_hit(what: &str) {
     get().limits.with_label_values(&[what]).inc();
 }
 
-/// Everything, in the Prometheus text format.
-pub fn render() -> String {
+/// Everything, in the Prometheus text format; with `node`, every series carries it as a
+/// `node` label (several nodes sharing one store are scraped apart).
+pub fn render(node: Option<&str>) -> String {
     crate::runtime::stats::register_labels();
+    let mut families = get().registry.gather();
+    if let Some(node) = node {
+        for family in &mut families {
+            for metric in family.mut_metric() {
+                let mut label = prometheus::proto::LabelPair::default();
+                label.set_name("node".into());
+                label.set_value(node.into());
+                let mut labels = metric.take_label();
+                labels.push(label);
+                metric.set_label(labels);
+            }
+        }
+    }
     let mut out = vec![];
     TextEncoder::new()
-        .encode(&get().registry.gather(), &mut out)
+        .encode(&families, &mut out)
         .expect("text encoding into memory");
     String::from_utf8(out).expect("the text format is UTF-8")
 }

@@ -2,14 +2,18 @@
 
 use crate::api::audit::AuditLog;
 use crate::api::audit_records::PgAudit;
+use crate::api::error::AppError;
 use crate::api::token_records::PgTokens;
 use crate::api::uploaded_plugins::{PgPlugins, PluginDir, UploadedPlugins};
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, LogFormat};
 use crate::connectors::JobStateSpace;
 use crate::connectors::{HostConnections, SledBuckets};
 use crate::engine::Engine;
+use crate::engine::EngineError;
 use crate::engine::job::JobSnapshot;
+use crate::engine::ownership::Forwarded;
 use crate::runtime::{PluginRegistry, Publisher, Runtime, RuntimeConfig};
 use crate::startup::{self, StartupStatus};
 use crate::store::{GroupFlush, JobStore, PgJobStore, SledJobStore, StoreErrorKind};
@@ -64,7 +68,7 @@ fn load_plugins(
             );
         }
     }
-    uploaded.for_each(&mut |from, bytes, meta| {
+    uploaded.for_each(&|_| false, &mut |from, bytes, meta| {
         loaded(
             from,
             runtime.load_bytes(&bytes),
@@ -72,6 +76,33 @@ fn load_plugins(
             meta.claimed,
         )
     })?;
+    Ok(())
+}
+
+/// Bring the uploaded plugins loaded here in line with the store another node changed: load
+/// the new ones (compiled once into this node's cache), unload the removed ones.
+pub fn sync_uploaded_plugins(state: &AppState) -> anyhow::Result<()> {
+    let registry = state.engine.registry();
+    let stored: std::collections::HashSet<String> = state.uploaded.shas()?.into_iter().collect();
+    for p in registry.list() {
+        if registry.publisher(p.name()) == Some(Publisher::Uploaded) && !stored.contains(p.sha256())
+        {
+            registry.remove(p.name(), p.version());
+            tracing::info!(plugin = %p.label(), "plugin removed through another node; unloaded");
+        }
+    }
+    state.uploaded.for_each(
+        &|sha| registry.by_sha256(sha).is_some(),
+        &mut |from, bytes, meta| match state
+            .runtime
+            .load_bytes(&bytes)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| Ok(registry.insert_from(p, meta.publisher, meta.claimed)?))
+        {
+            Ok(p) => tracing::info!(plugin = %p.label(), from, "plugin uploaded through another node; loaded"),
+            Err(e) => tracing::error!(from, error = %e, "plugin not loaded"),
+        },
+    )?;
     Ok(())
 }
 
@@ -91,10 +122,11 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
             |e| anyhow::anyhow!("{e}\nThe data directory is {}.", config.data_dir.display()),
         )?,
     );
-    let (store, job_state, store_pool) = match &config.store {
+    let (store, job_state, shared) = match &config.store {
         Some(url) => open_postgres_store(config, url, status)?,
         None => open_sled_store(config, flush.clone())?,
     };
+    let store_pool = shared.as_ref().map(|(pool, _)| pool.clone());
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         cache_dir: Some(config.data_dir.join("cache")),
@@ -172,7 +204,43 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         tokens,
         audit,
         ready: Default::default(),
+        cluster: shared.map(|(_, cluster)| cluster),
+        started_at: chrono::Utc::now(),
+        node_name: config.node_name(),
     }))
+}
+
+/// Join the cluster of nodes on the store: forwarded requests are carried out by this node's
+/// engine, plugin changes elsewhere are loaded here.
+fn join_cluster(state: &Arc<AppState>, cluster: &Arc<Cluster>) -> anyhow::Result<()> {
+    let engine = state.engine.clone();
+    let apply: crate::cluster::Apply = Box::new(move |job, request, actor| {
+        match engine.act_here(job, request, actor) {
+            Ok(_) => Forwarded::Done,
+            // It moved on again: the sender asks its new owner.
+            Err(EngineError::OwnedElsewhere { .. }) => Forwarded::NotTaken,
+            Err(e) => Forwarded::Refused(AppError::refusal(e)),
+        }
+    });
+    let weak = Arc::downgrade(state);
+    state.engine.set_plugin_source(Box::new(move |sha256| {
+        if let Some(state) = weak.upgrade()
+            && let Err(e) = sync_uploaded_plugins(&state)
+        {
+            tracing::warn!(sha256, error = %e, "could not load a plugin a job needs");
+        }
+    }));
+    let weak = Arc::downgrade(state);
+    let on_plugins = Box::new(move || {
+        if let Some(state) = weak.upgrade()
+            && let Err(e) = sync_uploaded_plugins(&state)
+        {
+            tracing::warn!(error = %e, "could not load plugins another node changed");
+        }
+    });
+    cluster
+        .start(state.engine.clone(), apply, on_plugins)
+        .map_err(|e| anyhow::anyhow!("joining the cluster: {e}"))
 }
 
 /// The jobs' store and state buckets in the embedded database, checked when configured so.
@@ -196,17 +264,18 @@ fn open_sled_store(config: &Config, flush: Arc<GroupFlush>) -> anyhow::Result<Op
     Ok((Arc::new(store), job_state, None))
 }
 
-/// The jobs' store, their state buckets, and the PostgreSQL pool when the store is there.
+/// The jobs' store, their state buckets, and with PostgreSQL its pool and this node's place
+/// among the nodes sharing it.
 type OpenedStore = (
     Arc<dyn JobStore>,
     Arc<dyn JobStateSpace>,
-    Option<crate::store::PgPool>,
+    Option<(crate::store::PgPool, Arc<Cluster>)>,
 );
 
-/// The jobs' store and state buckets in PostgreSQL, its schema migrated. A database that does
-/// not answer is waited for (never replaced by the embedded one): the node says why in its
-/// log and retries with backoff. While another node is active on the store, this one waits as
-/// a standby. A schema newer than this binary stops it.
+/// The jobs' store and state buckets in PostgreSQL, its schema migrated, as one of the nodes
+/// sharing it. A database that does not answer is waited for (never replaced by the embedded
+/// one): the node says why in its log and retries with backoff. A schema newer than this
+/// binary stops it.
 fn open_postgres_store(
     config: &Config,
     url: &str,
@@ -215,33 +284,9 @@ fn open_postgres_store(
     let pool = crate::store::connect_postgres(url, config.store_pool_size)
         .map_err(|e| anyhow::anyhow!("store: {e}"))?;
     let mut wait = Duration::from_millis(500);
-    let mut standby_said = false;
     loop {
-        let locked =
-            crate::store::probe_postgres(url).and_then(|()| crate::store::try_lock_store(url));
-        match locked {
-            Ok(Some(lock)) => {
-                lock.watch(Duration::from_secs(2), |why| {
-                    eprintln!(
-                        "plover: lost the connection that makes this node the store's active node ({why}); stopping, so that no two nodes run the same jobs"
-                    );
-                    std::process::exit(75);
-                });
-                break;
-            }
-            Ok(None) => {
-                status.set("standby: another node is active on this store");
-                if !standby_said {
-                    tracing::warn!(
-                        "another Plover node is active on this store; waiting as a standby"
-                    );
-                    eprintln!(
-                        "plover: another node is active on this store; waiting as a standby until it stops"
-                    );
-                    standby_said = true;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
+        match crate::store::probe_postgres(url) {
+            Ok(()) => break,
             Err(e) if e.kind == StoreErrorKind::Unavailable => {
                 status.set(format!("waiting for the store database: {e}"));
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the store database does not answer; waiting for it");
@@ -252,16 +297,27 @@ fn open_postgres_store(
             Err(e) => anyhow::bail!("store: {e}"),
         }
     }
-    // Only the active node migrates, so a standby of a newer release cannot change the schema
-    // under the node that runs.
+    // Nodes starting together take turns (an advisory lock); a newer schema stops this one.
     crate::store::pg_schema::migrate(&pool).map_err(|e| anyhow::anyhow!("store: {e}"))?;
-    let store = PgJobStore::new(pool.clone()).with_job_state_quota(config.job_state_quota_bytes);
+    let cluster = Cluster::new(
+        pool.clone(),
+        url,
+        ClusterConfig {
+            node_name: config.node_name(),
+            lease: Duration::from_millis(config.lease_ms.max(300)),
+            api_url: config.advertise_url.clone(),
+        },
+    );
+    let store = PgJobStore::new(pool.clone())
+        .with_job_state_quota(config.job_state_quota_bytes)
+        .for_node(cluster.node_id());
     let job_state = Arc::new(store.job_state());
     tracing::info!(
         schema = crate::store::pg_schema::latest_version(),
+        node = cluster.node_id(),
         "jobs and tokens are kept in PostgreSQL"
     );
-    Ok((Arc::new(store), job_state, Some(pool)))
+    Ok((Arc::new(store), job_state, Some((pool, cluster))))
 }
 
 /// POST the final snapshot to `url`, retrying with backoff (0.5 s doubling, 6 attempts).
@@ -324,6 +380,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // Stopped while starting: nothing ran yet, nothing to flush.
             _ = &mut serving => return anyhow::Ok(()),
         };
+        if let Some(cluster) = state.cluster.clone() {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || join_cluster(&state, &cluster)).await??;
+        }
         status.set("resuming interrupted jobs");
         let engine = state.engine.clone();
         let resumed = tokio::task::spawn_blocking(move || engine.recover()).await??;
@@ -342,6 +402,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(
             "shutting down; running jobs resume from their checkpoints at the next start"
         );
+        if let Some(cluster) = state.cluster.clone() {
+            // Hand running jobs over to the other nodes at once, rather than after a lease.
+            tokio::task::spawn_blocking(move || cluster.stop(Duration::from_secs(5))).await?;
+        }
         let engine = state.engine.clone();
         tokio::task::spawn_blocking(move || engine.flush()).await??;
         anyhow::Ok(())

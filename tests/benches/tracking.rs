@@ -1,26 +1,167 @@
 //! What durable tracking costs: kv-copy of 100,000 objects between sled buckets with the
-//! engine's full tracking (object results, checkpoints, progress and logs committed to sled)
-//! against the same step with tracking disabled. Same plugin, same buckets, same sink type.
+//! engine's full tracking (object results, checkpoints, progress and logs committed to the job
+//! store) against the same step with tracking disabled. Same plugin, same buckets, same sink
+//! type. With `-- --postgres` the same is measured, in the same run and alternated, with the
+//! job store on the local PostgreSQL as a node of a cluster (every commit fenced by the job's
+//! lease and announced to other nodes), beside the embedded store.
 //!
 //! Run: `cargo bench -p plover-tests --bench tracking` (add `-- --quick` for a smoke run).
 
-use plover_host::connectors::{ConnectionProvider, Grants, HostConnections, KvBucket, SledBuckets};
+use plover_host::cluster::{Cluster, ClusterConfig};
+use plover_host::connectors::{
+    ConnectionProvider, Grants, HostConnections, JobStateSpace, KvBucket, SledBuckets,
+};
 use plover_host::engine::handle::RunControl;
 use plover_host::engine::options::JobOptions;
+use plover_host::engine::ownership::Forwarded;
 use plover_host::engine::tracking::StepEvents;
 use plover_host::engine::{Engine, NewMigration};
-use plover_host::runtime::{JobContext, PluginRegistry, Runtime, RuntimeConfig};
-use plover_host::store::SledJobStore;
+use plover_host::runtime::{JobContext, LoadedPlugin, PluginRegistry, Runtime, RuntimeConfig};
+use plover_host::store::{JobStore, PgJobStore, SledJobStore};
 use plover_tests::artifacts;
+use plover_tests::bench::median;
+use plover_tests::services::Schema;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plover_tests::bench::median;
+/// One job store under measurement, with the engine over it.
+struct Setup {
+    name: &'static str,
+    engine: Engine,
+    connections: Arc<HostConnections>,
+    _keep: Option<(Schema, Arc<Cluster>)>,
+}
+
+fn setup(
+    name: &'static str,
+    registry: &Arc<PluginRegistry>,
+    buckets: &SledBuckets,
+    store: (Arc<dyn JobStore>, Arc<dyn JobStateSpace>),
+) -> (Engine, Arc<HostConnections>) {
+    let connections = Arc::new(HostConnections::new(
+        buckets.clone(),
+        store.1,
+        BTreeMap::new(),
+        true,
+    ));
+    let engine = Engine::open(
+        registry.clone(),
+        store.0,
+        connections.clone(),
+        JobOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    (engine, connections)
+}
+
+fn postgres(registry: &Arc<PluginRegistry>, buckets: &SledBuckets) -> Setup {
+    let schema = Schema::new("benchtrack");
+    let url = schema.store_url();
+    let pool = plover_host::store::connect_postgres(&url, 8).unwrap();
+    plover_host::store::pg_schema::migrate(&pool).unwrap();
+    let cluster = Cluster::new(
+        pool.clone(),
+        &url,
+        ClusterConfig {
+            node_name: "bench".into(),
+            lease: Duration::from_secs(10),
+            api_url: None,
+        },
+    );
+    let store = PgJobStore::new(pool).for_node(cluster.node_id());
+    let job_state = Arc::new(store.job_state());
+    let (engine, connections) = setup("postgres", registry, buckets, (Arc::new(store), job_state));
+    cluster
+        .start(
+            engine.clone(),
+            Box::new(|_, _, _| Forwarded::NotTaken),
+            Box::new(|| {}),
+        )
+        .unwrap();
+    Setup {
+        name: "postgres",
+        engine,
+        connections,
+        _keep: Some((schema, cluster)),
+    }
+}
+
+/// kv-copy's copy step from `source` into a new bucket, tracked or not; how long it took.
+fn copy(
+    s: &Setup,
+    plugin: &Arc<LoadedPlugin>,
+    buckets: &SledBuckets,
+    source: &Arc<dyn KvBucket>,
+    objects: usize,
+    tracked: bool,
+    run: usize,
+) -> Duration {
+    let target = format!("target-{}-{run}", s.name);
+    let job = s
+        .engine
+        .create(
+            NewMigration {
+                handler: "kv-copy".into(),
+                parameters: json!({ "prefix": "session/" }),
+                grants: [
+                    ("source".into(), "source".into()),
+                    ("target".into(), target.clone()),
+                ]
+                .into(),
+                options: json!({ "batch_size": 1000 }),
+                ..Default::default()
+            },
+            "bench",
+        )
+        .unwrap();
+    let _lease = s.engine.hold_lease(&job.id).unwrap();
+    let handle = s.engine.job_handle(&job.id).unwrap();
+    let control = Arc::new(RunControl::default());
+    let events: Arc<StepEvents> = Arc::new(if tracked {
+        StepEvents::new(handle.clone(), control.clone(), "copy")
+    } else {
+        StepEvents::untracked(handle.clone(), control.clone(), "copy")
+    });
+    let sink: Arc<dyn plover_host::runtime::JobEvents> = events.clone();
+    let grants = Grants::new(s.connections.job_state(&job.id, false, handle.fence()))
+        .with_kv("source", source.clone())
+        .with("target", s.connections.connect(&target).unwrap());
+    let ctx = JobContext {
+        grants,
+        events: sink,
+        checkpoint: None,
+        force_stop: control.force.clone(),
+        call_timeout: None,
+    };
+    let t = Instant::now();
+    plugin
+        .execute(&ctx, &job.spec, &job.plan.steps[0])
+        .unwrap()
+        .unwrap();
+    // The step's completion commits what the last checkpoints left, as the engine does.
+    handle
+        .update_with_objects(|rec| {
+            let (events, segments) = events.drain_for_completion(rec);
+            (events, segments, ())
+        })
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(
+        buckets.open(&target).unwrap().count("session/").unwrap(),
+        objects as u64
+    );
+    if tracked {
+        let committed = s.engine.snapshot(&job.id).unwrap().completed_objects;
+        assert_eq!(committed, objects as u64, "{}", s.name);
+    }
+    took
+}
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let with_postgres = std::env::args().any(|a| a == "--postgres");
     let objects: usize = if quick { 10_000 } else { 100_000 };
     let reps = if quick { 3 } else { 9 };
     println!(
@@ -38,7 +179,7 @@ fn main() {
         .open()
         .unwrap();
     let buckets = SledBuckets::new(db.clone());
-    let source = buckets.open("source").unwrap();
+    let source: Arc<dyn KvBucket> = buckets.open("source").unwrap();
     let entries: Vec<(String, Vec<u8>)> = (0..objects)
         .map(|i| {
             (
@@ -56,104 +197,53 @@ fn main() {
     registry
         .insert(runtime.load_file(artifacts::KV_COPY.as_ref()).unwrap())
         .unwrap();
-    let store = SledJobStore::open_db(&db).unwrap();
-    let connections = Arc::new(HostConnections::new(
-        buckets.clone(),
-        Arc::new(store.job_state()),
-        BTreeMap::new(),
-        true,
-    ));
-    let store = Arc::new(store);
-    let engine = Engine::open(
-        registry.clone(),
-        store,
-        connections.clone(),
-        JobOptions::default(),
-    )
-    .unwrap();
     let plugin = registry.resolve("kv-copy").unwrap();
-
-    let mut run = 0;
-    let mut copy = |tracked: bool| -> Duration {
-        run += 1;
-        let target = format!("target-{run}");
-        let job = engine
-            .create(
-                NewMigration {
-                    handler: "kv-copy".into(),
-                    parameters: json!({ "prefix": "session/" }),
-                    grants: [
-                        ("source".into(), "source".into()),
-                        ("target".into(), target.clone()),
-                    ]
-                    .into(),
-                    options: json!({ "batch_size": 1000 }),
-                    ..Default::default()
-                },
-                "bench",
-            )
-            .unwrap();
-        let handle = engine.job_handle(&job.id).unwrap();
-        let control = Arc::new(RunControl::default());
-        let events: Arc<StepEvents> = Arc::new(if tracked {
-            StepEvents::new(handle.clone(), control.clone(), "copy")
-        } else {
-            StepEvents::untracked(handle.clone(), control.clone(), "copy")
-        });
-        let sink: Arc<dyn plover_host::runtime::JobEvents> = events.clone();
-        let grants = Grants::new(connections.job_state(&job.id, false))
-            .with_kv("source", source.clone())
-            .with("target", connections.connect(&target).unwrap());
-        let ctx = JobContext {
-            grants,
-            events: sink,
-            checkpoint: None,
-            force_stop: control.force.clone(),
-            call_timeout: None,
-        };
-        let t = Instant::now();
-        plugin
-            .execute(&ctx, &job.spec, &job.plan.steps[0])
-            .unwrap()
-            .unwrap();
-        // The step's completion commits what the last checkpoints left, as the engine does.
-        handle
-            .update_with_objects(|rec| {
-                let (events, segments) = events.drain_for_completion(rec);
-                (events, segments, ())
-            })
-            .unwrap();
-        let took = t.elapsed();
-        assert_eq!(
-            buckets.open(&target).unwrap().count("session/").unwrap(),
-            objects as u64
-        );
-        if tracked {
-            let committed = engine.snapshot(&job.id).unwrap().completed_objects;
-            assert_eq!(committed, objects as u64);
-        }
-        took
-    };
-
-    let (mut with, mut without) = (vec![], vec![]);
-    for _ in 0..reps {
-        without.push(copy(false));
-        with.push(copy(true));
+    let sled_store = SledJobStore::open_db(&db).unwrap();
+    let sled_state = Arc::new(sled_store.job_state());
+    let (engine, connections) = setup(
+        "sled",
+        &registry,
+        &buckets,
+        (Arc::new(sled_store), sled_state),
+    );
+    let mut setups = vec![Setup {
+        name: "sled",
+        engine,
+        connections,
+        _keep: None,
+    }];
+    if with_postgres {
+        setups.push(postgres(&registry, &buckets));
     }
-    let (with, without) = (median(with), median(without));
+
+    let mut samples: Vec<(Vec<Duration>, Vec<Duration>)> = vec![(vec![], vec![]); setups.len()];
+    let mut run = 0;
+    for _ in 0..reps {
+        for (s, (without, with)) in setups.iter().zip(samples.iter_mut()) {
+            run += 1;
+            without.push(copy(s, &plugin, &buckets, &source, objects, false, run));
+            with.push(copy(s, &plugin, &buckets, &source, objects, true, run));
+        }
+    }
     let rate = |d: Duration| objects as f64 / d.as_secs_f64();
-    println!(
-        "kv-copy {objects} objects, tracking off: {:>8.1} ms ({:.0} objects/s)",
-        without.as_secs_f64() * 1e3,
-        rate(without)
-    );
-    println!(
-        "kv-copy {objects} objects, tracking on:  {:>8.1} ms ({:.0} objects/s)",
-        with.as_secs_f64() * 1e3,
-        rate(with)
-    );
-    println!(
-        "throughput cost of tracking:        {:>8.1} %",
-        100.0 * (1.0 - rate(with) / rate(without))
-    );
+    for (s, (without, with)) in setups.iter().zip(samples) {
+        let (with, without) = (median(with), median(without));
+        println!(
+            "{:8} kv-copy {objects} objects, tracking off: {:>8.1} ms ({:.0} objects/s)",
+            s.name,
+            without.as_secs_f64() * 1e3,
+            rate(without)
+        );
+        println!(
+            "{:8} kv-copy {objects} objects, tracking on:  {:>8.1} ms ({:.0} objects/s)",
+            s.name,
+            with.as_secs_f64() * 1e3,
+            rate(with)
+        );
+        println!(
+            "{:8} throughput cost of tracking:        {:>8.1} %",
+            s.name,
+            100.0 * (1.0 - rate(with) / rate(without))
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The HTTP API of a real server: lifecycles, live progress over SSE, authorization, bad input.
 
-use super::common::{ADMIN, Server, plugin_dir};
+use super::common::{ADMIN, Server, SseEvent, events, plugin_dir, read_sse};
 use plover_tests::artifacts;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,60 +23,6 @@ fn stepper(s: &Server, steps: Value) -> String {
         s,
         json!({ "handler": "stepper", "parameters": { "steps": steps }, "grants": { "data": "data" } }),
     )
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct SseEvent {
-    id: Option<u64>,
-    event: String,
-    data: Value,
-}
-
-/// Read events until `final` (included) or until `max` events were read.
-fn read_sse(resp: reqwest::blocking::Response, max: Option<usize>) -> (Vec<SseEvent>, bool) {
-    let mut out = vec![];
-    let (mut id, mut event, mut data) = (None, String::new(), String::new());
-    let mut saw_retry = false;
-    for line in BufReader::new(resp).lines() {
-        let line = line.unwrap();
-        if line.starts_with("retry:") {
-            saw_retry = true;
-        } else if let Some(v) = line.strip_prefix("id:") {
-            id = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("event:") {
-            event = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.trim_start());
-        } else if line.is_empty() && !data.is_empty() {
-            let e = SseEvent {
-                id: id.take(),
-                event: std::mem::take(&mut event),
-                data: serde_json::from_str(&data).unwrap(),
-            };
-            data.clear();
-            let is_final = e.event == "final";
-            out.push(e);
-            if is_final || max.is_some_and(|m| out.len() >= m) {
-                break;
-            }
-        }
-    }
-    (out, saw_retry)
-}
-
-fn events(s: &Server, id: &str, last_event_id: Option<u64>) -> reqwest::blocking::Response {
-    let mut req = s
-        .http
-        .get(s.api(&format!("/migrations/{id}/events")))
-        .bearer_auth(ADMIN)
-        .timeout(Duration::from_secs(120));
-    if let Some(l) = last_event_id {
-        req = req.header("Last-Event-ID", l.to_string());
-    }
-    let resp = req.send().unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    resp
 }
 
 #[test]
@@ -640,6 +586,7 @@ fn openapi_document_matches_the_routes() {
         ("POST", "/api/v1/tokens"),
         ("DELETE", "/api/v1/tokens/{name}"),
         ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/nodes"),
         ("GET", "/api/v1/openapi.json"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

@@ -132,26 +132,21 @@ impl Server {
         )
     }
 
+    /// Send `signal` (`STOP`, `CONT`, `TERM`…) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
     /// SIGKILL: no shutdown of any kind.
     pub fn kill(mut self) -> (PathBuf, PathBuf) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         (self.data_dir.clone(), self.plugins.clone())
-    }
-
-    /// Wait for the process to exit by itself, at most `within`.
-    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < within,
-                "the server did not stop by itself"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// SIGTERM, then wait for the process to exit by itself.
@@ -252,4 +247,59 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Read events until `final` (included) or until `max` events were read.
+pub fn read_sse(resp: reqwest::blocking::Response, max: Option<usize>) -> (Vec<SseEvent>, bool) {
+    let mut out = vec![];
+    let (mut id, mut event, mut data) = (None, String::new(), String::new());
+    let mut saw_retry = false;
+    for line in BufReader::new(resp).lines() {
+        let line = line.unwrap();
+        if line.starts_with("retry:") {
+            saw_retry = true;
+        } else if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        } else if line.is_empty() && !data.is_empty() {
+            let e = SseEvent {
+                id: id.take(),
+                event: std::mem::take(&mut event),
+                data: serde_json::from_str(&data).unwrap(),
+            };
+            data.clear();
+            let is_final = e.event == "final";
+            out.push(e);
+            if is_final || max.is_some_and(|m| out.len() >= m) {
+                break;
+            }
+        }
+    }
+    (out, saw_retry)
+}
+
+/// Follow job `id`'s event stream on `s`, after `last_event_id` if given.
+pub fn events(s: &Server, id: &str, last_event_id: Option<u64>) -> reqwest::blocking::Response {
+    let mut req = s
+        .http
+        .get(s.api(&format!("/migrations/{id}/events")))
+        .bearer_auth(ADMIN)
+        .timeout(Duration::from_secs(120));
+    if let Some(l) = last_event_id {
+        req = req.header("Last-Event-ID", l.to_string());
+    }
+    let resp = req.send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    resp
 }

@@ -3,6 +3,8 @@
 
 mod api;
 mod cli;
+mod cluster;
+mod cluster_api;
 mod common;
 mod conformance;
 mod connectors;

@@ -12,7 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn store_config(schema: &Schema) -> String {
-    format!("store = \"{}\"\nstore_pool_size = 4\n", schema.store_url())
+    format!(
+        "store = \"{}\"\nstore_pool_size = 4\nlease_ms = 2000\n",
+        schema.store_url()
+    )
 }
 
 #[test]
@@ -253,64 +256,6 @@ fn a_store_schema_newer_than_the_binary_stops_the_node_naming_both_versions() {
 }
 
 #[test]
-fn a_second_node_on_the_same_store_waits_as_a_standby_and_takes_over_when_the_first_dies() {
-    let schema = Schema::new("pgstandby");
-    let plugins = plugin_dir();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = store_config(&schema);
-    let active = Server::start_with_config(dir_a.path(), plugins.path(), &config);
-    let id = active.create(&json!({
-        "handler": "stepper",
-        "parameters": { "steps": [{ "id": "a", "batches": 60, "batch_ms": 50, "per_batch": 2 }] },
-        "grants": { "data": "data" }
-    }));
-    active.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
-    active.wait_for(&id, |j| j["completed_objects"].as_u64().unwrap_or(0) >= 10);
-
-    let standby = {
-        let (dir, plugins, config) = (
-            dir_b.path().to_path_buf(),
-            plugins.path().to_path_buf(),
-            config.clone(),
-        );
-        std::thread::spawn(move || Server::start_with_config(&dir, &plugins, &config))
-    };
-    // A store in another schema of the same database is another store: its node starts.
-    let elsewhere = Schema::new("pgelsewhere");
-    let other_dir = tempfile::tempdir().unwrap();
-    let other =
-        Server::start_with_config(other_dir.path(), plugins.path(), &store_config(&elsewhere));
-    drop(other);
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        !standby.is_finished(),
-        "the second node serves while the first is active"
-    );
-    active.kill();
-    let standby = standby.join().unwrap();
-    let done = standby.wait_for(&id, |j| j["status"] == "completed");
-    assert_eq!(done["completed_objects"], 120, "every object once: {done}");
-}
-
-#[test]
-fn an_active_node_that_loses_its_lock_connection_stops_rather_than_risk_running_jobs_twice() {
-    let schema = Schema::new("pglost");
-    let plugins = plugin_dir();
-    let data = tempfile::tempdir().unwrap();
-    let mut node = Server::start_with_config(data.path(), plugins.path(), &store_config(&schema));
-    let ended: u64 = plover_tests::services::postgres()
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("plover active node {}", schema.name)],
-        )
-        .unwrap()
-        .len() as u64;
-    assert_eq!(ended, 1, "the node's lock session is found by its name");
-    let status = node.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(75), "fail-stop: {status:?}");
-}
-
-#[test]
 fn while_the_store_database_refuses_the_node_answers_503_and_loses_nothing() {
     let schema = Schema::new("pgdown");
     let plugins = plugin_dir();
@@ -321,8 +266,7 @@ fn while_the_store_database_refuses_the_node_answers_503_and_loses_nothing() {
         "parameters": { "steps": [{ "id": "a", "batches": 1 }] },
         "grants": { "data": "data" }
     }));
-    // The store's role may not log in and its pooled sessions end; the node's lock session
-    // (named after the store) stays, so the node keeps running as the active one.
+    // The store's role may not log in and every session of it ends.
     let mut admin = plover_tests::services::postgres();
     let refuse = |admin: &mut postgres::Client| {
         admin
@@ -330,9 +274,8 @@ fn while_the_store_database_refuses_the_node_answers_503_and_loses_nothing() {
             .unwrap();
         admin
             .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE usename = $1 AND application_name <> $2",
-                &[&schema.role, &format!("plover active node {}", schema.name)],
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                &[&schema.role],
             )
             .unwrap();
     };

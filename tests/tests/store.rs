@@ -179,6 +179,7 @@ fn commit(store: &dyn JobStore, r: &JobRecord, events: &[FeedEvent]) {
             append: events,
             drop_oldest_logs: 0,
             segments: &[],
+            fence: None,
         })
         .unwrap();
 }
@@ -300,7 +301,7 @@ fn lists_page_newest_first_by_cursor_with_filters_and_counts_follow_every_move()
             6,
             "{name}"
         );
-        s.delete("job-0003").unwrap();
+        s.delete("job-0003", None).unwrap();
         assert_eq!(s.count(None, Some("odd")).unwrap(), 11, "{name}");
         assert!(s.get("job-0003").unwrap().is_none());
         let bogus = s
@@ -340,6 +341,7 @@ fn events_and_logs_page_by_sequence_and_old_logs_fall_out_of_the_window() {
             append: &[log(11, "newest")],
             drop_oldest_logs: 2,
             segments: &[],
+            fence: None,
         })
         .unwrap();
         assert_eq!(
@@ -374,7 +376,7 @@ fn object_results_are_visible_only_once_committed_and_restaging_replaces_an_unco
                 .collect::<Vec<_>>()
         };
         let batch: Vec<ObjectResult> = (0..3000).map(|i| result(&format!("k{i}"))).collect();
-        s.stage_objects(&r.id, 0, 0, at, &batch).unwrap();
+        s.stage_objects(&r.id, None, 0, 0, at, &batch).unwrap();
         assert!(names(0, 10).is_empty(), "{name}: staged is not visible");
         s.commit(Commit {
             record: &r,
@@ -386,17 +388,18 @@ fn object_results_are_visible_only_once_committed_and_restaging_replaces_an_unco
                 first_staged: 0,
                 count: 3000,
             }],
+            fence: None,
         })
         .unwrap();
         let page = names(2995, 10);
         assert_eq!(page.len(), 5, "{name}");
         assert_eq!(page[0], (2995, 0, "k2995".to_string()));
         // A crashed attempt staged results 0..2 of step 1; the resumed one restages them.
-        s.stage_objects(&r.id, 1, 0, at, &[result("old-a"), result("old-b")])
+        s.stage_objects(&r.id, None, 1, 0, at, &[result("old-a"), result("old-b")])
             .unwrap();
-        s.stage_objects(&r.id, 1, 0, at, &[result("new-a")])
+        s.stage_objects(&r.id, None, 1, 0, at, &[result("new-a")])
             .unwrap();
-        s.stage_objects(&r.id, 1, 1, at, &[result("new-b")])
+        s.stage_objects(&r.id, None, 1, 1, at, &[result("new-b")])
             .unwrap();
         s.commit(Commit {
             record: &r,
@@ -408,6 +411,7 @@ fn object_results_are_visible_only_once_committed_and_restaging_replaces_an_unco
                 first_staged: 0,
                 count: 2,
             }],
+            fence: None,
         })
         .unwrap();
         assert_eq!(
@@ -431,8 +435,8 @@ fn job_state_buckets_are_apart_keep_a_quota_and_go_with_their_job() {
         let s = &*b.store;
         let r = record(1, "stepper", JobStatus::Executing);
         commit(s, &r, &[]);
-        let mine = b.job_state.bucket(&r.id, true);
-        let other = b.job_state.bucket("job-other", false);
+        let mine = b.job_state.bucket(&r.id, true, None);
+        let other = b.job_state.bucket("job-other", false, None);
         mine.set_many(&[
             ("journal/a".into(), b"1".to_vec()),
             ("journal/b".into(), b"2".to_vec()),
@@ -472,7 +476,7 @@ fn job_state_buckets_are_apart_keep_a_quota_and_go_with_their_job() {
             .unwrap_err();
         assert!(err.is_quota(), "{name}: {err}");
         assert_eq!(mine.get_many(&["big".into()]).unwrap(), vec![None]);
-        s.delete(&r.id).unwrap();
+        s.delete(&r.id, None).unwrap();
         assert_eq!(mine.count("").unwrap(), 0, "{name}: deleted with the job");
         assert_eq!(other.count("").unwrap(), 1, "{name}: another job's stays");
     });
@@ -590,7 +594,19 @@ fn a_long_feed_reads_the_same_while_it_is_written_packed_and_its_oldest_logs_fal
         let seqs = |v: Vec<FeedEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
         let check = |all: &[FeedEvent], dropped: &[u64], when: &str| {
             let last = all.last().map_or(0, |e| e.seq);
-            for after in [0, 1, 63, 64, 65, 127, 128, 129, 200, last.saturating_sub(1), last] {
+            for after in [
+                0,
+                1,
+                63,
+                64,
+                65,
+                127,
+                128,
+                129,
+                200,
+                last.saturating_sub(1),
+                last,
+            ] {
                 for limit in [1, 7, 100, 10_000] {
                     let mut want = expected_after(all, dropped, after, false);
                     want.truncate(limit);
@@ -635,6 +651,7 @@ fn a_long_feed_reads_the_same_while_it_is_written_packed_and_its_oldest_logs_fal
             append: &[log(next, "newest")],
             drop_oldest_logs: 50,
             segments: &[],
+            fence: None,
         })
         .unwrap();
         all.push(log(next, "newest"));
@@ -645,6 +662,7 @@ fn a_long_feed_reads_the_same_while_it_is_written_packed_and_its_oldest_logs_fal
             append: &[],
             drop_oldest_logs: 3,
             segments: &[],
+            fence: None,
         })
         .unwrap();
         dropped.extend(&logs[50..53]);
@@ -667,7 +685,7 @@ fn a_long_feed_reads_the_same_while_it_is_written_packed_and_its_oldest_logs_fal
             other => panic!("{name}: {other:?}"),
         }
         // Deleting the job takes every form of its feed with it.
-        s.delete(&r.id).unwrap();
+        s.delete(&r.id, None).unwrap();
         assert!(s.events_after(&r.id, 0, 10).unwrap().is_empty(), "{name}");
         assert!(s.logs_after(&r.id, 0, 10).unwrap().is_empty(), "{name}");
     });
@@ -766,7 +784,12 @@ fn a_finished_job_keeps_a_few_keys_in_sled_not_one_per_event() {
             *by_kind.entry(kind.into_owned()).or_default() += 1;
         }
     }
-    let of = |kinds: &[&str]| kinds.iter().map(|k| by_kind.get(*k).unwrap_or(&0)).sum::<usize>();
+    let of = |kinds: &[&str]| {
+        kinds
+            .iter()
+            .map(|k| by_kind.get(*k).unwrap_or(&0))
+            .sum::<usize>()
+    };
     assert!(events >= 40, "the job made {events} events");
     assert!(
         of(&["e", "l", "E", "L"]) <= 2,
@@ -778,4 +801,80 @@ fn a_finished_job_keeps_a_few_keys_in_sled_not_one_per_event() {
         8,
         "{by_kind:?}"
     );
+}
+
+#[test]
+fn on_a_shared_store_a_write_without_the_current_lease_is_refused() {
+    let schema = Schema::new("fence");
+    let pool = connect_postgres(&schema.store_url(), 4).unwrap();
+    pg_schema::migrate(&pool).unwrap();
+    let a = PgJobStore::new(pool.clone()).for_node("node-a");
+    let b = PgJobStore::new(pool.clone()).for_node("node-b");
+    let mut sql = schema.client();
+    let lease = |sql: &mut postgres::Client, owner: &str, epoch: i64| {
+        sql.execute(
+            "INSERT INTO job_leases (job_id, owner, epoch, expires_at)
+             VALUES ('job-0001', $1, $2, now() + interval '1 minute')
+             ON CONFLICT (job_id) DO UPDATE SET owner = $1, epoch = $2",
+            &[&owner, &epoch],
+        )
+        .unwrap();
+    };
+    let mut r = record(1, "stepper", JobStatus::Executing);
+    let write = |s: &PgJobStore, r: &JobRecord, fence: Option<u64>| {
+        s.commit(Commit {
+            record: r,
+            append: &[log(r.next_seq, "line")],
+            drop_oldest_logs: 0,
+            segments: &[],
+            fence,
+        })
+    };
+    lease(&mut sql, "node-a", 1);
+    r.next_seq = 1;
+    write(&a, &r, Some(1)).unwrap();
+    r.next_seq = 2;
+    for (who, store, fence) in [
+        ("b", &b, Some(1)),
+        ("a without", &a, None),
+        ("a old", &a, Some(0)),
+    ] {
+        let e = write(store, &r, fence).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Fenced, "{who}: {e}");
+    }
+    // Node b takes the job over: node a can write nothing more for it.
+    lease(&mut sql, "node-b", 2);
+    assert_eq!(
+        write(&a, &r, Some(1)).unwrap_err().kind,
+        StoreErrorKind::Fenced
+    );
+    let staged = a.stage_objects(&r.id, Some(1), 0, 0, chrono::Utc::now(), &[result("k")]);
+    assert_eq!(staged.unwrap_err().kind, StoreErrorKind::Fenced);
+    let journal = a.job_state().bucket(&r.id, true, Some(1));
+    assert!(
+        journal.set_many(&[("k".into(), vec![1])]).is_err(),
+        "job state is fenced too"
+    );
+    assert_eq!(
+        a.delete(&r.id, Some(1)).unwrap_err().kind,
+        StoreErrorKind::Fenced
+    );
+    write(&b, &r, Some(2)).unwrap();
+    let seqs: Vec<u64> = b
+        .events_after(&r.id, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        [1, 2],
+        "one write of each holder, none of the fenced ones"
+    );
+    b.job_state()
+        .bucket(&r.id, true, Some(2))
+        .set_many(&[("k".into(), vec![2])])
+        .unwrap();
+    b.delete(&r.id, Some(2)).unwrap();
+    assert!(b.get(&r.id).unwrap().is_none());
 }

@@ -94,6 +94,62 @@ impl From<EngineError> for AppError {
             }
             EngineError::Busy(_) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
             EngineError::Store(e) => e.into(),
+            // Forwarded by `Engine::act`; reaching the API means it could not be.
+            EngineError::OwnedElsewhere { .. } | EngineError::Unreachable(_) => AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owner-unreachable",
+                message,
+            ),
+            EngineError::Remote(r) => AppError {
+                status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::CONFLICT),
+                code: known_code(&r.code),
+                message: r.message,
+                details: r.details,
+            },
+        }
+    }
+}
+
+/// The codes this API answers with, so an error forwarded from another node keeps its own.
+const CODES: &[&str] = &[
+    "not-found",
+    "illegal-transition",
+    "invalid-request",
+    "plugin-failed",
+    "handler-refused",
+    "invalid-plan",
+    "refused",
+    "rollback-would-be-lost",
+    "busy",
+    "store-corrupt",
+    "store-unavailable",
+    "job-moved",
+    "owner-unreachable",
+    "version-conflict",
+    "name-owned",
+    "bad-requirement",
+    "unknown-plugin",
+    "bad-request",
+];
+
+fn known_code(code: &str) -> &'static str {
+    CODES
+        .iter()
+        .find(|c| **c == code)
+        .copied()
+        .unwrap_or("refused")
+}
+
+impl AppError {
+    /// How another node's API would have answered `e`, to send back to the node that
+    /// forwarded the request.
+    pub fn refusal(e: EngineError) -> crate::engine::ownership::RemoteRefusal {
+        let a = AppError::from(e);
+        crate::engine::ownership::RemoteRefusal {
+            status: a.status.as_u16(),
+            code: a.code.to_string(),
+            message: a.message,
+            details: a.details,
         }
     }
 }
@@ -103,6 +159,10 @@ impl From<StoreError> for AppError {
         match e.kind {
             StoreErrorKind::Gone => AppError::not_found(e.message),
             StoreErrorKind::Corrupt => AppError::internal(e.to_string()).with_code("store-corrupt"),
+            // Another node took the job over while this one worked on it: ask again.
+            StoreErrorKind::Fenced => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, "job-moved", e.to_string())
+            }
             StoreErrorKind::Unavailable => AppError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-unavailable",

@@ -8,7 +8,9 @@ use super::error::AppError;
 use super::extract::{ApiPath, ApiQuery, JsonBody, blocking};
 use crate::engine::job::JobSnapshot;
 use crate::engine::state::JobStatus;
-use crate::engine::{DeleteMode, IndexedObject, JobPage, ListFilter, LogLine, NewMigration};
+use crate::engine::{
+    DeleteMode, IndexedObject, JobPage, ListFilter, LogLine, NewMigration, Request,
+};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -111,12 +113,13 @@ pub async fn remove(
     } else {
         DeleteMode::Safe
     };
-    blocking(move || Ok(engine.delete(&id, &caller.name, mode)?)).await?;
+    blocking(move || Ok(engine.act(&id, Request::Delete(mode), &caller.name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /migrations/{id}/{action}`: validate, replan, execute, approve, pause, resume,
-/// cancel, retry, rollback. Answers 202 with the snapshot; the work goes on in the background.
+/// cancel, retry, rollback. Answers 202 with the snapshot; the work goes on in the background,
+/// on the node that holds the job (this one, or the one the request is forwarded to).
 #[utoipa::path(post, path = "/api/v1/migrations/{id}/{action}", tag = "migrations", operation_id = "act_on_migration",
     params(("id" = String, Path), ("action" = String, Path, description = "validate, replan, execute, approve, pause, resume, cancel, retry or rollback")),
     responses((status = 202, description = "Accepted; the work goes on in the background", body = JobSnapshot),
@@ -128,24 +131,21 @@ pub async fn act(
 ) -> Result<impl IntoResponse, AppError> {
     let engine = s.engine.clone();
     let actor = caller.name.clone();
+    let request = match action.as_str() {
+        "dry-run" => Some(Request::Act(crate::engine::state::Action::Validate)),
+        "delete" | "delete-force" => None,
+        other => Request::parse(other),
+    }
+    .ok_or_else(|| {
+        AppError::not_found(format!(
+            "no action '{}'; see the API reference",
+            crate::engine::truncated(&action, 40)
+        ))
+    })?;
     let snap = blocking(move || {
-        Ok(match action.as_str() {
-            "validate" | "dry-run" => engine.validate(&id, &actor)?,
-            "replan" => engine.replan(&id, &actor)?,
-            "execute" => engine.execute(&id, &actor)?,
-            "approve" => engine.approve(&id, &actor)?,
-            "pause" => engine.pause(&id, &actor)?,
-            "resume" => engine.resume(&id, &actor)?,
-            "cancel" => engine.cancel(&id, &actor)?,
-            "retry" => engine.retry(&id, &actor)?,
-            "rollback" => engine.rollback(&id, &actor)?,
-            other => {
-                return Err(AppError::not_found(format!(
-                    "no action '{}'; see the API reference",
-                    crate::engine::truncated(other, 40)
-                )));
-            }
-        })
+        engine
+            .act(&id, request, &actor)?
+            .ok_or_else(|| AppError::internal("an action answered no snapshot"))
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(snap)))

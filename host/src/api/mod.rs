@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod migrations;
+pub mod nodes;
 pub mod openapi;
 pub mod ops;
 pub mod plugins;
@@ -37,6 +38,11 @@ pub struct AppState {
     pub audit: audit::AuditLog,
     /// False until start-up (plugin loading, recovery) is done.
     pub ready: AtomicBool,
+    /// This node's place among the nodes sharing a PostgreSQL store.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// What this node is called.
+    pub node_name: String,
 }
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Duration) -> Router {
@@ -60,6 +66,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/tokens", get(ops::list_tokens).post(ops::create_token))
         .route("/tokens/{name}", delete(ops::revoke_token))
         .route("/audit", get(audit::list))
+        .route("/nodes", get(nodes::list))
         .route("/openapi.json", get(openapi::document))
         .layer(axum::middleware::from_fn(move |req, next| {
             time_limit(request_timeout, req, next)

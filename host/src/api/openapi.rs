@@ -5,7 +5,7 @@
 //! timeout, a body over the limit, the store unavailable...) are added to every operation by
 //! [`ErrorResponses`], from one table, rather than repeated in each annotation.
 
-use super::{audit, auth, error, migrations, ops, plugins, sse};
+use super::{audit, auth, error, migrations, nodes, ops, plugins, sse};
 use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::openapi::path::Operation;
@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
         migrations::logs, migrations::objects,
         sse::job_events, sse::all_events,
         ops::list_tokens, ops::create_token, ops::revoke_token, audit::list,
-        document,
+        nodes::list, document,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
@@ -38,7 +38,7 @@ use utoipa::{Modify, OpenApi};
         (name = "plugins", description = "Handler components"),
         (name = "events", description = "Live progress (Server-Sent Events)"),
         (name = "tokens", description = "API tokens and the audit trail (admin)"),
-        (name = "operations", description = "Health, metrics and this document (no token)"),
+        (name = "operations", description = "Health, metrics, the nodes and this document"),
     )
 )]
 pub struct ApiDoc;

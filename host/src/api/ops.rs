@@ -52,7 +52,7 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<impl IntoResponse
         for (status, n) in engine.counts_by_status()? {
             jobs.with_label_values(&[status.as_str()]).set(n as i64);
         }
-        Ok(crate::metrics::render())
+        Ok(crate::metrics::render(engine.node().as_deref()))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))

@@ -134,6 +134,9 @@ pub async fn upload(
             return Err(e.into());
         }
         tracing::info!(plugin = %plugin.label(), sha256 = plugin.sha256(), by = %caller.name, claimed = q.claim, "plugin uploaded");
+        if let Some(cluster) = &state.cluster {
+            cluster.announce_plugins();
+        }
         let status = if known { StatusCode::OK } else { StatusCode::CREATED };
         Ok((status, Json(view(&state, &plugin))))
     })
@@ -169,6 +172,9 @@ pub async fn remove(
             .registry()
             .remove(plugin.name(), plugin.version());
         state.uploaded.remove(plugin.sha256())?;
+        if let Some(cluster) = &state.cluster {
+            cluster.announce_plugins();
+        }
         Ok(StatusCode::NO_CONTENT)
     })
     .await

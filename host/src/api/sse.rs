@@ -144,16 +144,17 @@ pub async fn job_events(
             }
             match f.live.recv().await {
                 Ok(e) if e.seq <= f.after => {}
-                Ok(e) if e.seq == f.after + 1 => {
+                Ok(e) if e.seq == f.after + 1 && e.json.is_some() => {
                     f.after = e.seq;
                     f.buffer.push_back(
                         Event::default()
                             .id(e.seq.to_string())
                             .event(e.kind)
-                            .data(e.json.clone()),
+                            .data(e.json.clone().unwrap_or_default()),
                     );
                 }
-                // A gap can only follow lagging: read the missed events back from the store.
+                // A gap follows lagging, or events another node committed: read them back
+                // from the store.
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => f.replaying = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -11,11 +11,15 @@ pub trait UploadedPlugins: Send + Sync {
     /// Keep `bytes` (whose hash is `sha256`) with `meta`; durable when this returns.
     fn save(&self, sha256: &str, bytes: &[u8], meta: &StoredPluginMeta) -> Result<(), StoreError>;
     fn remove(&self, sha256: &str) -> Result<(), StoreError>;
-    /// Call `each` with every kept plugin: where it came from (for logs), bytes, metadata.
+    /// Call `each` with every kept plugin whose sha256 `skip` does not name: where it came
+    /// from (for logs), bytes, metadata.
     fn for_each(
         &self,
+        skip: &dyn Fn(&str) -> bool,
         each: &mut dyn FnMut(String, Vec<u8>, StoredPluginMeta),
     ) -> Result<(), StoreError>;
+    /// The sha256 of every kept plugin.
+    fn shas(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// `<sha256>.wasm` with its metadata beside it in `<sha256>.json`.
@@ -50,7 +54,27 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+impl PluginDir {
+    fn wasm_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(|e| io_failure("reading the plugin directory", e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .collect();
+        paths.sort();
+        Ok(paths)
+    }
+}
+
 impl UploadedPlugins for PluginDir {
+    fn shas(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .wasm_files()?
+            .iter()
+            .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+            .collect())
+    }
+
     fn save(&self, sha256: &str, bytes: &[u8], meta: &StoredPluginMeta) -> Result<(), StoreError> {
         let path = self.dir.join(format!("{sha256}.wasm"));
         write_durably(
@@ -81,15 +105,13 @@ impl UploadedPlugins for PluginDir {
 
     fn for_each(
         &self,
+        skip: &dyn Fn(&str) -> bool,
         each: &mut dyn FnMut(String, Vec<u8>, StoredPluginMeta),
     ) -> Result<(), StoreError> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map_err(|e| io_failure("reading the plugin directory", e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-            .collect();
-        paths.sort();
-        for path in paths {
+        for path in self.wasm_files()? {
+            if path.file_stem().and_then(|s| s.to_str()).is_some_and(skip) {
+                continue;
+            }
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
                 Err(e) => {
@@ -162,12 +184,11 @@ impl UploadedPlugins for PgPlugins {
         Ok(())
     }
 
-    fn for_each(
-        &self,
-        each: &mut dyn FnMut(String, Vec<u8>, StoredPluginMeta),
-    ) -> Result<(), StoreError> {
-        let mut client = self.pool.get().map_err(pg_failure)?;
-        let shas: Vec<String> = client
+    fn shas(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .pool
+            .get()
+            .map_err(pg_failure)?
             .query(
                 "SELECT sha256 FROM uploaded_plugins ORDER BY uploaded_at, sha256",
                 &[],
@@ -175,9 +196,18 @@ impl UploadedPlugins for PgPlugins {
             .map_err(pg_failure)?
             .iter()
             .map(|r| r.get(0))
-            .collect();
+            .collect())
+    }
+
+    fn for_each(
+        &self,
+        skip: &dyn Fn(&str) -> bool,
+        each: &mut dyn FnMut(String, Vec<u8>, StoredPluginMeta),
+    ) -> Result<(), StoreError> {
+        let shas = self.shas()?;
+        let mut client = self.pool.get().map_err(pg_failure)?;
         // One at a time: a plugin can be tens of megabytes.
-        for sha in shas {
+        for sha in shas.into_iter().filter(|s| !skip(s)) {
             let Some(row) = client
                 .query_opt(
                     "SELECT bytes, publisher, claimed FROM uploaded_plugins WHERE sha256 = $1",

@@ -61,7 +61,9 @@ pub trait ConnectionProvider: Send + Sync {
     /// The private bucket of job `job` (see `kv.bucket.job-state` in the contract). The job
     /// store owns it and forgets it with the job. With `outside`, the job also writes to
     /// systems outside the host's database, so each write is on disk before it returns.
-    fn job_state(&self, job: &str, outside: bool) -> Arc<dyn super::KvBucket>;
+    /// `fence` is the job's lease epoch this node holds, when several nodes share the store:
+    /// a write is refused once another node has taken the job over.
+    fn job_state(&self, job: &str, outside: bool, fence: Option<u64>) -> Arc<dyn super::KvBucket>;
     /// The configured connection names, for error messages and the API.
     fn names(&self) -> Vec<String>;
     /// The configured connections by name with their kind (`sled`, `redis`, `postgres`,
@@ -71,8 +73,8 @@ pub trait ConnectionProvider: Send + Sync {
 
 /// Where the jobs' private state buckets live (the job store's database).
 pub trait JobStateSpace: Send + Sync {
-    /// Job `job`'s bucket; see [`ConnectionProvider::job_state`] for `outside`.
-    fn bucket(&self, job: &str, outside: bool) -> Arc<dyn super::KvBucket>;
+    /// Job `job`'s bucket; see [`ConnectionProvider::job_state`] for `outside` and `fence`.
+    fn bucket(&self, job: &str, outside: bool, fence: Option<u64>) -> Arc<dyn super::KvBucket>;
 }
 
 /// The connections of one host: its sled database plus the configured connections. Each
@@ -205,8 +207,8 @@ impl ConnectionProvider for HostConnections {
         Ok(connector)
     }
 
-    fn job_state(&self, job: &str, outside: bool) -> Arc<dyn super::KvBucket> {
-        self.job_state.bucket(job, outside)
+    fn job_state(&self, job: &str, outside: bool, fence: Option<u64>) -> Arc<dyn super::KvBucket> {
+        self.job_state.bucket(job, outside, fence)
     }
 
     fn names(&self) -> Vec<String> {

@@ -8,6 +8,7 @@ use super::Inner;
 use super::dag;
 use super::handle::{JobHandle, RunControl, StopReason, move_to};
 use super::job::{EventBody, JobError};
+use super::ownership::LeaseGuard;
 use super::state::{JobStatus, StepStatus};
 use super::tracking::StepEvents;
 use crate::connectors::Grants;
@@ -37,27 +38,35 @@ struct RunSetup {
     max_results: u64,
 }
 
-/// Start executing a job already moved to `executing`.
-pub(super) fn spawn_execution(inner: &Arc<Inner>, handle: &Arc<JobHandle>) {
-    spawn_run(inner, handle, "exec", execute)
+/// Start executing a job already moved to `executing`; the run keeps `lease` until it ends.
+pub(super) fn spawn_execution(inner: &Arc<Inner>, handle: &Arc<JobHandle>, lease: LeaseGuard) {
+    spawn_run(inner, handle, lease, "exec", execute)
 }
 
 /// Start rolling back a job already moved to `rolling-back`.
-pub(super) fn spawn_rollback(inner: &Arc<Inner>, handle: &Arc<JobHandle>) {
-    spawn_run(inner, handle, "rollback", |setup| {
+pub(super) fn spawn_rollback(inner: &Arc<Inner>, handle: &Arc<JobHandle>, lease: LeaseGuard) {
+    spawn_run(inner, handle, lease, "rollback", |setup| {
         rollback(&setup);
     })
 }
 
-fn spawn_run(inner: &Arc<Inner>, handle: &Arc<JobHandle>, what: &str, body: fn(RunSetup)) {
-    let control = Arc::new(RunControl::default());
+fn spawn_run(
+    inner: &Arc<Inner>,
+    handle: &Arc<JobHandle>,
+    lease: LeaseGuard,
+    what: &str,
+    body: fn(RunSetup),
+) {
+    // Plugin calls stop the moment the lease would lapse (several nodes on one store).
+    let control = Arc::new(RunControl::bounded_by(handle.lease_clock()));
     *handle.run.lock().expect("run lock") = Some(control.clone());
     let (inner, handle) = (inner.clone(), handle.clone());
-    let id = handle.lock().id.clone();
+    let id = handle.id().to_string();
     let name = format!("{what}-{}", &id[..8.min(id.len())]);
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            let _lease = lease;
             let setup = match prepare(&inner, &handle, control.clone()) {
                 Ok(s) => s,
                 Err(message) => {
@@ -68,7 +77,9 @@ fn spawn_run(inner: &Arc<Inner>, handle: &Arc<JobHandle>, what: &str, body: fn(R
             };
             body(setup);
             control.finish();
-            inner.job_settled(&handle);
+            if !control.is_handing_off() {
+                inner.job_settled(&handle);
+            }
         })
         .expect("spawning a job thread");
 }
@@ -80,15 +91,14 @@ fn prepare(
 ) -> Result<RunSetup, String> {
     let record = handle.record();
     let plugin = inner
-        .registry
-        .by_sha256(&record.plugin.sha256)
+        .plugin_by_sha256(&record.plugin.sha256)
         .ok_or_else(|| {
             format!(
                 "plugin {}@{} (sha256 {}) is not loaded",
                 record.plugin.name, record.plugin.version, record.plugin.sha256
             )
         })?;
-    let grants = inner.grants_for(&record)?;
+    let grants = inner.grants_for(handle)?;
     Ok(RunSetup {
         handle: handle.clone(),
         plugin,
@@ -171,6 +181,11 @@ fn execute(setup: RunSetup) {
         }
     }
 
+    if control.is_handing_off() {
+        // Nothing more is written: the node that takes the job over resumes it from the
+        // checkpoints (and counts the time this run took from its start).
+        return;
+    }
     let ran_ms = run_started.elapsed().as_millis() as u64;
     let stop = control.stop_reason();
     let all_done = handle
@@ -227,7 +242,7 @@ fn execute(setup: RunSetup) {
         }
         (events, ())
     });
-    if outcome.is_err() && options.auto_rollback {
+    if outcome.is_err() && options.auto_rollback && !control.is_handing_off() {
         let moved = handle.update(|rec| {
             (
                 vec![move_to(
@@ -339,6 +354,11 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
         let spec = handle.lock().spec.clone();
         let result = setup.plugin.execute(&ctx, &spec, step);
 
+        if setup.control.is_handing_off() {
+            // Keep what can still be kept (a checkpoint waiting in memory), change nothing else.
+            events.stop();
+            return StepEnd::Interrupted;
+        }
         let stopping = setup.control.is_stopping();
         match result {
             Ok(Ok(_)) if events.failure().is_some() => {
@@ -573,9 +593,13 @@ fn rollback(setup: &RunSetup) {
             });
             continue;
         }
-        if rollback_step(&setup_ref, step, &options) == StepEnd::Failed {
-            failed = true;
-            break;
+        match rollback_step(&setup_ref, step, &options) {
+            StepEnd::Failed => {
+                failed = true;
+                break;
+            }
+            StepEnd::Interrupted => return, // handed off: the next owner goes on
+            StepEnd::Completed => {}
         }
     }
     let _ = handle.update(|rec| {
@@ -617,7 +641,12 @@ fn rollback_step(
         );
         let ctx = context(setup, events.clone(), None, options.step_timeout_secs);
         let spec = handle.lock().spec.clone();
-        match setup.plugin.rollback(&ctx, &spec, step) {
+        let result = setup.plugin.rollback(&ctx, &spec, step);
+        if setup.control.is_handing_off() {
+            events.stop();
+            return StepEnd::Interrupted;
+        }
+        match result {
             Ok(Ok(report)) => {
                 let done = handle.update_with_objects(|rec| {
                     let (mut evs, segments) = events.drain_for_completion(rec);
@@ -650,7 +679,8 @@ fn rollback_step(
                     Some(&step.id),
                     format!("rollback attempt {attempt} of step '{}' failed ({}: {message}); retrying in {} ms", step.id, kind_name(kind), wait.as_millis()),
                 );
-                std::thread::sleep(wait);
+                // A hand-off meanwhile stops the next attempt at once.
+                sleep_unless_stopped(&setup.control, wait);
             }
             Ok(Err(e)) => {
                 return fail_step(

@@ -2,9 +2,11 @@
 //! durably with its events, and the watch channel live readers follow.
 
 use super::job::{EventBody, FeedEvent, JobRecord, LogSource};
+use super::ownership::HeldLease;
 use super::state::JobStatus;
 use crate::model::LogLevel;
 use crate::runtime::ForceStop;
+use crate::stop::LeaseClock;
 use crate::store::{Commit, JobStore, ObjectSegment, StoreError};
 use chrono::Utc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// A job's state changed; sent to everyone following all jobs.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StateChange {
     pub job: String,
     pub seq: u64,
@@ -31,6 +33,9 @@ pub enum StopReason {
     Timeout,
     /// A sibling step failed; the others stop at their next safe point.
     Halt,
+    /// This node gives the job up (its lease is gone, or the node stops): stop at once and
+    /// change nothing, so that the node that takes the job over resumes it.
+    Handoff,
 }
 
 /// Control of one background run (execution or rollback).
@@ -42,6 +47,21 @@ pub struct RunControl {
 }
 
 impl RunControl {
+    /// Control of a run whose plugin calls stop by force once `lease` runs out (several
+    /// nodes on one store), or only when asked (`None`).
+    pub fn bounded_by(lease: Option<LeaseClock>) -> Self {
+        RunControl {
+            force: lease.map(ForceStop::bounded_by).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// The run is handing the job to another node (asked to, or its lease ran out): it must
+    /// change nothing more.
+    pub fn is_handing_off(&self) -> bool {
+        self.stop_reason() == Some(StopReason::Handoff) || self.force.lease_ran_out()
+    }
+
     pub fn stop_reason(&self) -> Option<StopReason> {
         *self.stop.lock().expect("run control lock")
     }
@@ -50,12 +70,19 @@ impl RunControl {
         self.stop_reason().is_some()
     }
 
+    /// Stop the run at once for [`StopReason::Handoff`], whatever it was asked before.
+    pub fn hand_off(&self) {
+        *self.stop.lock().expect("run control lock") = Some(StopReason::Handoff);
+        self.force.trigger();
+    }
+
     /// Ask the run to stop at its next safe point; after `grace` it is stopped by force. A
     /// cancel or timeout overrides an earlier pause or halt.
     pub fn request_stop(self: &Arc<Self>, reason: StopReason, grace: Duration) {
         {
             let mut stop = self.stop.lock().expect("run control lock");
             match (*stop, reason) {
+                (Some(StopReason::Handoff), _) => return,
                 (None, _) => *stop = Some(reason),
                 (
                     Some(StopReason::Pause | StopReason::Halt),
@@ -90,19 +117,21 @@ impl RunControl {
     }
 }
 
-/// A committed event, serialised once for every live reader.
+/// A committed event, serialised once for every live reader; or word that events up to
+/// `seq` were committed by another node (`json` is `None`): read them from the store.
 #[derive(Debug)]
 pub struct LiveEvent {
     pub seq: u64,
     pub kind: &'static str,
     /// The event as one line of JSON.
-    pub json: String,
+    pub json: Option<String>,
 }
 
 /// How many committed events live readers may fall behind before they re-read the store.
 const LIVE_BACKLOG: usize = 4096;
 
 pub struct JobHandle {
+    id: String,
     record: Mutex<JobRecord>,
     store: Arc<dyn JobStore>,
     seq: watch::Sender<u64>,
@@ -112,6 +141,11 @@ pub struct JobHandle {
     pub run: Mutex<Option<Arc<RunControl>>>,
     /// Set (under the record's lock) when the job is deleted: later updates fail.
     deleted: AtomicBool,
+    /// The lease this node holds on the job, when several nodes share the store.
+    pub(super) lease: Mutex<Option<HeldLease>>,
+    /// Held while a run is resumed, so two resumers (start-up recovery and the cluster's
+    /// sweep) never start two runs of one job.
+    pub(super) resuming: Mutex<()>,
 }
 
 impl JobHandle {
@@ -122,6 +156,7 @@ impl JobHandle {
     ) -> Arc<Self> {
         let last = record.next_seq.saturating_sub(1);
         Arc::new(JobHandle {
+            id: record.id.clone(),
             record: Mutex::new(record),
             store,
             seq: watch::channel(last).0,
@@ -129,7 +164,13 @@ impl JobHandle {
             changes,
             run: Mutex::new(None),
             deleted: AtomicBool::new(false),
+            lease: Mutex::new(None),
+            resuming: Mutex::new(()),
         })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn store(&self) -> &Arc<dyn JobStore> {
@@ -146,9 +187,10 @@ impl JobHandle {
         &self,
         check: impl FnOnce(&JobRecord) -> Result<(), E>,
     ) -> Result<(), E> {
+        let fence = self.fence();
         let record = self.lock();
         check(&record)?;
-        self.store.delete(&record.id)?;
+        self.store.delete(&record.id, fence)?;
         self.deleted.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -201,6 +243,8 @@ impl JobHandle {
         &self,
         change: impl FnOnce(&mut JobRecord) -> (Vec<EventBody>, Vec<ObjectSegment>, R),
     ) -> Result<R, StoreError> {
+        // Read before the record is locked (lock order: lease, then record).
+        let fence = self.fence();
         let mut record = self.lock();
         if self.is_deleted() {
             return Err(StoreError::gone(&record.id));
@@ -246,6 +290,7 @@ impl JobHandle {
             append: &events,
             drop_oldest_logs: drop_stored,
             segments: &segments,
+            fence,
         }) {
             *record = before;
             return Err(e);
@@ -258,7 +303,7 @@ impl JobHandle {
                     let _ = self.live.send(Arc::new(LiveEvent {
                         seq: e.seq,
                         kind: e.body.kind(),
-                        json,
+                        json: Some(json),
                     }));
                 }
             }
@@ -269,6 +314,29 @@ impl JobHandle {
             let _ = self.changes.send(c);
         }
         Ok(result)
+    }
+
+    /// Put `record`, read from the store, in place of the one held (another node moved the
+    /// job); live readers are told to read what they missed from the store.
+    pub(super) fn replace_record(&self, record: JobRecord) {
+        let mut held = self.lock();
+        if record.next_seq < held.next_seq {
+            return; // older than what this node saw
+        }
+        let last = record.next_seq.saturating_sub(1);
+        let moved = record.next_seq > held.next_seq;
+        *held = record;
+        if moved && self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::new(LiveEvent {
+                seq: last,
+                kind: "elsewhere",
+                json: None,
+            }));
+        }
+        drop(held);
+        if moved {
+            self.seq.send_replace(last);
+        }
     }
 
     /// Record a host log line.

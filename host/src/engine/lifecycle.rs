@@ -178,9 +178,10 @@ impl Engine {
         spec: &MigrationSpec,
         grants: &BTreeMap<String, String>,
     ) -> Result<(Plan, Vec<EventBody>), EngineError> {
+        // `plan` may not write: its state bucket needs no fence.
         let grants = self
             .inner
-            .connect_grants(id, grants)
+            .connect_grants(id, grants, None)
             .map_err(EngineError::InvalidRequest)?;
         let logs = Arc::new(CollectedLogs::default());
         let ctx = JobContext {
@@ -279,6 +280,15 @@ impl Engine {
             object_index: 0,
         };
         let handle = JobHandle::new(record, self.inner.store.clone(), self.inner.changes.clone());
+        // A new job's lease is this node's, for its first commit.
+        let _lease = match handle.hold(&self.inner.ownership(), false)? {
+            super::ownership::Hold::Held(guard) => guard,
+            super::ownership::Hold::Elsewhere(owner) => {
+                return Err(EngineError::Unreachable(format!(
+                    "node {owner} holds the lease of the new migration {id}"
+                )));
+            }
+        };
         let steps = handle.lock().plan.steps.len();
         handle.update(|rec| {
             let mut events = vec![EventBody::State {
@@ -302,13 +312,12 @@ impl Engine {
     /// `awaiting-approval`) with the report stored and bound to this plan and plugin. A cancel
     /// meanwhile stops the call and cancels the job.
     pub fn validate(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, lease) = self.owned(id)?;
         let plugin = {
             let rec = handle.lock();
             self.check(&rec, Action::Validate)?;
             self.inner
-                .registry
-                .by_sha256(&rec.plugin.sha256)
+                .plugin_by_sha256(&rec.plugin.sha256)
                 .ok_or_else(|| {
                     EngineError::Refused(format!(
                         "plugin {}@{} is no longer loaded",
@@ -316,7 +325,7 @@ impl Engine {
                     ))
                 })?
         };
-        let control = Arc::new(RunControl::default());
+        let control = Arc::new(RunControl::bounded_by(handle.lease_clock()));
         let back_to = handle.update(|rec| {
             if let Err(e) = self.check(rec, Action::Validate) {
                 return (vec![], Err(e));
@@ -335,11 +344,13 @@ impl Engine {
         let engine = self.clone();
         let actor = actor.to_string();
         let h = handle.clone();
+        let lease = lease.share();
         std::thread::spawn(move || {
+            let _lease = lease;
             let record = h.record();
             let logs = Arc::new(CollectedLogs::watching(control.clone()));
             let result = inner
-                .grants_for(&record)
+                .grants_for(&h)
                 .map_err(EngineError::InvalidRequest)
                 .and_then(|grants| {
                     let ctx = JobContext {
@@ -364,6 +375,11 @@ impl Engine {
             let logs = Arc::try_unwrap(logs)
                 .map(CollectedLogs::into_events)
                 .unwrap_or_default();
+            if control.is_handing_off() {
+                // The node that takes the job over finds it validating and plans it again.
+                control.finish();
+                return;
+            }
             let cancelled = control.stop_reason() == Some(StopReason::Cancel);
             let _ = h.update(|rec| {
                 let mut events = logs;
@@ -457,7 +473,7 @@ impl Engine {
     /// Ask the plugin for a new plan (the data or the loaded plugin changed). Approvals and
     /// dry runs of the old plan no longer apply.
     pub fn replan(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, _lease) = self.owned(id)?;
         let record = handle.record();
         self.check(&record, Action::Replan)?;
         let plugin = self.resolve_plugin(&record.handler)?;
@@ -490,7 +506,7 @@ impl Engine {
 
     /// Start executing, or wait for approval when the job requires it. Answers at once.
     pub fn execute(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, lease) = self.owned(id)?;
         let start = handle.update(|rec| {
             if let Err(e) = self
                 .check(rec, Action::Execute)
@@ -512,7 +528,7 @@ impl Engine {
             (begin_execution(rec, actor, Action::Execute), Ok(true))
         })??;
         if start {
-            executor::spawn_execution(&self.inner, &handle);
+            executor::spawn_execution(&self.inner, &handle, lease.share());
         }
         self.snapshot(id)
     }
@@ -546,7 +562,7 @@ impl Engine {
 
     /// Approve the current plan. A job awaiting approval starts at once.
     pub fn approve(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, lease) = self.owned(id)?;
         let start = handle.update(|rec| {
             if let Err(e) = self.check(rec, Action::Approve) {
                 return (vec![], Err(e));
@@ -572,7 +588,7 @@ impl Engine {
             (events, Ok(Ok(false)))
         })??;
         match start {
-            Ok(true) => executor::spawn_execution(&self.inner, &handle),
+            Ok(true) => executor::spawn_execution(&self.inner, &handle, lease.share()),
             Ok(false) => {}
             Err(e) => return Err(e),
         }
@@ -581,7 +597,7 @@ impl Engine {
 
     /// Stop after the current batch; `resume` continues from the checkpoints.
     pub fn pause(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, _lease) = self.owned(id)?;
         handle.update(|rec| match self.check(rec, Action::Pause) {
             Ok(()) => (vec![audit(actor, Action::Pause, "requested")], Ok(())),
             Err(e) => (vec![], Err(e)),
@@ -591,7 +607,7 @@ impl Engine {
     }
 
     pub fn resume(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, lease) = self.owned(id)?;
         self.wait_for_run_end(&handle);
         handle.update(|rec| {
             if let Err(e) = self.check(rec, Action::Resume) {
@@ -602,14 +618,14 @@ impl Engine {
             events.push(audit(actor, Action::Resume, "resumed"));
             (events, Ok(()))
         })??;
-        executor::spawn_execution(&self.inner, &handle);
+        executor::spawn_execution(&self.inner, &handle, lease.share());
         self.snapshot(id)
     }
 
     /// Cancel: a running job (executing, or validating) stops at its next safe point (the
     /// plugin sees `is-cancelled`), and by force after the job's grace period.
     pub fn cancel(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, _lease) = self.owned(id)?;
         let running = handle.update(|rec| {
             if let Err(e) = self.check(rec, Action::Cancel) {
                 return (vec![], Err(e));
@@ -650,7 +666,7 @@ impl Engine {
 
     /// Re-run a failed job's failed steps from their checkpoints.
     pub fn retry(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, lease) = self.owned(id)?;
         self.wait_for_run_end(&handle);
         handle.update(|rec| {
             if let Err(e) = self.check(rec, Action::Retry) {
@@ -677,13 +693,13 @@ impl Engine {
             ];
             (events, Ok(()))
         })??;
-        executor::spawn_execution(&self.inner, &handle);
+        executor::spawn_execution(&self.inner, &handle, lease.share());
         self.snapshot(id)
     }
 
     /// Roll back every step that changed data, in reverse dependency order, in the background.
     pub fn rollback(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, lease) = self.owned(id)?;
         self.wait_for_run_end(&handle);
         handle.update(|rec| {
             if let Err(e) = self.check(rec, Action::Rollback) {
@@ -712,7 +728,7 @@ impl Engine {
             ];
             (events, Ok(()))
         })??;
-        executor::spawn_rollback(&self.inner, &handle);
+        executor::spawn_rollback(&self.inner, &handle, lease.share());
         self.snapshot(id)
     }
 
@@ -720,7 +736,7 @@ impl Engine {
     /// A job that changed data it could still undo (paused, failed, cancelled part way) keeps
     /// its rollback journal: deleting it is refused unless `mode` is [`DeleteMode::Force`].
     pub fn delete(&self, id: &str, actor: &str, mode: DeleteMode) -> Result<(), EngineError> {
-        let handle = self.handle(id)?;
+        let (handle, _lease) = self.owned(id)?;
         handle.delete(|rec| {
             self.check(rec, Action::Delete)?;
             let partly_applied = rec.rollback_available() && rec.status != JobStatus::Completed;

@@ -12,8 +12,12 @@
 //! - Memory holds the jobs in use ([`table`]), never the history: lists, counts and pages are
 //!   read from the store's indexes.
 //!
-//! Files: `lifecycle.rs` the operator's actions, `recovery.rs` resuming after a restart,
-//! `executor.rs` background runs, `tracking.rs` what a running step reports.
+//! - With several nodes on one store, a node changes a job only while it holds the job's
+//!   lease ([`ownership`]); an action on a job another node holds is forwarded there.
+//!
+//! Files: `lifecycle.rs` the operator's actions, `recovery.rs` resuming after a restart or
+//! taking over another node's jobs, `executor.rs` background runs, `tracking.rs` what a
+//! running step reports, `ownership.rs` leases, `remote.rs` what other nodes do.
 
 pub mod dag;
 mod executor;
@@ -21,14 +25,17 @@ pub mod handle;
 pub mod job;
 mod lifecycle;
 pub mod options;
+pub mod ownership;
 mod permits;
 mod recovery;
+mod remote;
 pub mod state;
 mod table;
 pub mod tracking;
 
 pub(crate) use lifecycle::truncated;
 pub use lifecycle::{DeleteMode, MAX_JSON_DEPTH, MAX_SPEC_BYTES, NewMigration};
+pub use remote::Request;
 
 use crate::connectors::{ConnectionProvider, Grants};
 use crate::model::{LogLevel, MigrationError, ObjectResult};
@@ -75,6 +82,15 @@ pub enum EngineError {
     RollbackWouldBeLost(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another node holds the job's lease (the request is forwarded there).
+    #[error("migration {job} is being worked on by node {owner}")]
+    OwnedElsewhere { job: String, owner: String },
+    /// The node that owns the job refused the request it was forwarded.
+    #[error("{}", .0.message)]
+    Remote(ownership::RemoteRefusal),
+    /// Nobody could carry the request out in time.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// Filters and paging for [`Engine::list`].
@@ -141,11 +157,35 @@ pub(crate) struct Inner {
     dry_calls: permits::Permits,
     /// The most object results one step may record.
     max_results_per_step: std::sync::atomic::AtomicU64,
+    /// Who may write for a job, when several nodes share the store (set once, at start).
+    ownership: std::sync::OnceLock<Arc<dyn ownership::Ownership>>,
+    /// Loads a plugin by sha256 that this node has not loaded (uploaded through another node).
+    plugin_source: std::sync::OnceLock<PluginSource>,
 }
 
+/// Loads the plugin with this sha256 into the registry, if the host keeps it somewhere.
+pub type PluginSource = Box<dyn Fn(&str) + Send + Sync>;
+
 impl Inner {
-    fn grants_for(&self, record: &JobRecord) -> Result<Grants, String> {
-        self.connect_grants(&record.id, &record.grants)
+    /// The loaded plugin with this sha256, loaded now if the host keeps it but had not.
+    fn plugin_by_sha256(&self, sha256: &str) -> Option<Arc<crate::runtime::LoadedPlugin>> {
+        self.registry.by_sha256(sha256).or_else(|| {
+            self.plugin_source.get().and_then(|load| {
+                load(sha256);
+                self.registry.by_sha256(sha256)
+            })
+        })
+    }
+
+    fn ownership(&self) -> Option<Arc<dyn ownership::Ownership>> {
+        self.ownership.get().cloned()
+    }
+
+    /// The connectors a run of `handle`'s job may use, its state bucket fenced by the lease
+    /// held now.
+    fn grants_for(&self, handle: &JobHandle) -> Result<Grants, String> {
+        let grants = handle.lock().grants.clone();
+        self.connect_grants(handle.id(), &grants, handle.fence())
     }
 
     /// The connectors job `id` may use: each binding's named connection, and its state bucket.
@@ -153,6 +193,7 @@ impl Inner {
         &self,
         id: &str,
         grants: &BTreeMap<String, String>,
+        fence: Option<u64>,
     ) -> Result<Grants, String> {
         let mut connectors = Vec::with_capacity(grants.len());
         for (binding, connection) in grants {
@@ -163,7 +204,7 @@ impl Inner {
             connectors.push((binding.clone(), connector));
         }
         let outside = connectors.iter().any(|(_, c)| !c.is_embedded());
-        let mut connected = Grants::new(self.connections.job_state(id, outside));
+        let mut connected = Grants::new(self.connections.job_state(id, outside, fence));
         for (binding, connector) in connectors {
             connected = connected.with(binding, connector);
         }
@@ -209,10 +250,47 @@ impl Engine {
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             ),
             max_results_per_step: crate::runtime::bounds::DEFAULT_MAX_RESULTS_PER_STEP.into(),
+            ownership: Default::default(),
+            plugin_source: Default::default(),
         };
         Ok(Engine {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Share the store with other nodes: from now on a job is changed only under its lease.
+    /// Set once, before [`Engine::recover`] or any request.
+    pub fn set_ownership(&self, ownership: Arc<dyn ownership::Ownership>) {
+        let _ = self.inner.ownership.set(ownership);
+    }
+
+    /// Where to find a plugin a job is pinned to that is not loaded here (set once, at start).
+    pub fn set_plugin_source(&self, source: PluginSource) {
+        let _ = self.inner.plugin_source.set(source);
+    }
+
+    /// This node's id when it shares the store with others.
+    pub fn node(&self) -> Option<String> {
+        self.inner.ownership().map(|o| o.node().to_string())
+    }
+
+    /// The job's handle with its lease held for the caller: claimed unless this node holds
+    /// it, or the node that does named.
+    fn owned(&self, id: &str) -> Result<(Arc<JobHandle>, ownership::LeaseGuard), EngineError> {
+        let handle = self.handle(id)?;
+        match handle.hold(&self.inner.ownership(), true)? {
+            ownership::Hold::Held(guard) => Ok((handle, guard)),
+            ownership::Hold::Elsewhere(owner) => Err(EngineError::OwnedElsewhere {
+                job: id.to_string(),
+                owner,
+            }),
+        }
+    }
+
+    /// Hold job `id`'s lease for work done outside the engine's own runs (benchmarks, tools
+    /// driving a step by hand): kept until the guard is dropped.
+    pub fn hold_lease(&self, id: &str) -> Result<ownership::LeaseGuard, EngineError> {
+        self.owned(id).map(|(_, guard)| guard)
     }
 
     pub fn registry(&self) -> &Arc<PluginRegistry> {

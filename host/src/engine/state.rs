@@ -51,6 +51,13 @@ impl JobStatus {
         }
     }
 
+    /// The statuses in which a background thread works on the job.
+    pub const RUNNING: [JobStatus; 3] = [
+        JobStatus::Validating,
+        JobStatus::Executing,
+        JobStatus::RollingBack,
+    ];
+
     /// A background thread is working on the job.
     pub fn is_running(self) -> bool {
         matches!(

@@ -58,6 +58,17 @@ impl JobTable {
             .insert(&id, handle);
     }
 
+    /// The job's handle if someone holds it now (never read from the store).
+    pub fn live_handle(&self, id: &str) -> Option<Arc<JobHandle>> {
+        self.handles
+            .lock()
+            .expect("job table lock")
+            .by_id
+            .get(id)
+            .and_then(Weak::upgrade)
+            .filter(|h| !h.is_deleted())
+    }
+
     /// Every handle someone holds now (running jobs among them).
     pub fn live(&self) -> Vec<Arc<JobHandle>> {
         self.handles

@@ -182,7 +182,7 @@ impl StepEvents {
                 }
             }
             Err(e) => {
-                tracing::error!(job = %self.handle.lock().id, error = %e, "could not record step events");
+                tracing::error!(job = %self.handle.id(), error = %e, "could not record step events");
                 p.failure.get_or_insert(e);
             }
         }
@@ -282,12 +282,15 @@ impl StepEvents {
     /// Stage `results` after those staged so far.
     fn stage(&self, p: &mut Pending, results: Vec<ObjectResult>) {
         let first = *self.committed.lock().expect("committed lock") + p.staged.count;
-        let id = self.handle.lock().id.clone();
-        if let Err(e) =
-            self.handle
-                .store()
-                .stage_objects(&id, self.ordinal, first, Utc::now(), &results)
-        {
+        let id = self.handle.id();
+        if let Err(e) = self.handle.store().stage_objects(
+            id,
+            self.handle.fence(),
+            self.ordinal,
+            first,
+            Utc::now(),
+            &results,
+        ) {
             tracing::error!(job = %id, error = %e, "could not stage object results");
             p.failure.get_or_insert(e);
             return;

@@ -20,8 +20,8 @@ mod records;
 mod sled_store;
 
 pub use pg_store::{
-    NodeLock, PgJobState, PgJobStore, Pool as PgPool, connect as connect_postgres,
-    probe as probe_postgres, schema as pg_schema, try_lock_store,
+    FEED_CHANNEL, FeedNotice, PgJobState, PgJobStore, Pool as PgPool, connect as connect_postgres,
+    probe as probe_postgres, schema as pg_schema,
 };
 
 pub use sled_store::{
@@ -47,6 +47,9 @@ pub enum StoreErrorKind {
     Corrupt,
     /// The job was deleted while the caller held it.
     Gone,
+    /// This node no longer holds the job's lease (another node took the job over): it must
+    /// not write for the job again.
+    Fenced,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,6 +78,14 @@ impl StoreError {
             message: format!("migration {id} was deleted"),
         }
     }
+    pub fn fenced(id: &str) -> Self {
+        StoreError {
+            kind: StoreErrorKind::Fenced,
+            message: format!(
+                "this node no longer holds the lease of migration {id}: another node took it over"
+            ),
+        }
+    }
     pub fn is_corruption(&self) -> bool {
         self.kind == StoreErrorKind::Corrupt
     }
@@ -90,6 +101,13 @@ pub struct ObjectSegment {
     /// The step's own number of its first result in this segment.
     pub first_staged: u64,
     pub count: u64,
+}
+
+/// Object results a step reported together at `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct Reported<'a> {
+    pub at: DateTime<Utc>,
+    pub objects: &'a [ObjectResult],
 }
 
 /// One visible object result: its position (the paging cursor), the step it belongs to and
@@ -110,6 +128,10 @@ pub struct Commit<'a> {
     pub drop_oldest_logs: u64,
     /// Staged object results this commit makes visible.
     pub segments: &'a [ObjectSegment],
+    /// The epoch of the job's lease the committing node holds. A store shared by several
+    /// nodes refuses a commit without the current one ([`StoreErrorKind::Fenced`]); the
+    /// embedded store has one node and ignores it.
+    pub fence: Option<u64>,
 }
 
 /// Which jobs to list, newest first.
@@ -164,18 +186,31 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<FeedEvent>, StoreError>;
     /// Log events with `seq > after`, oldest first, at most `limit`.
     fn logs_after(&self, id: &str, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError>;
-    /// Write object results of step `step`, reported together at `at`, as its results number
-    /// `first_staged..`; invisible until a commit names them in an [`ObjectSegment`], and not
-    /// durable before that commit. Whatever was staged there before (by an attempt that never
-    /// committed) is replaced.
+    /// Write the object results of step `step` in `reports` (in order, each report's at its
+    /// own time) as its results number `first_staged..`; invisible until a commit names them
+    /// in an [`ObjectSegment`], and not durable before that commit. Whatever was staged there
+    /// before (by an attempt that never committed) is replaced. Fenced like [`Commit::fence`].
+    fn stage_reports(
+        &self,
+        id: &str,
+        fence: Option<u64>,
+        step: u32,
+        first_staged: u64,
+        reports: &[Reported<'_>],
+    ) -> Result<(), StoreError>;
+
+    /// [`JobStore::stage_reports`] of one report.
     fn stage_objects(
         &self,
         id: &str,
+        fence: Option<u64>,
         step: u32,
         first_staged: u64,
         at: DateTime<Utc>,
         objects: &[ObjectResult],
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.stage_reports(id, fence, step, first_staged, &[Reported { at, objects }])
+    }
     /// Visible object results with position `>= from`, in order, at most `limit`.
     fn objects_from(
         &self,
@@ -184,7 +219,8 @@ pub trait JobStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StoredObject>, StoreError>;
     /// Forget the job, all its events, results and its state bucket; durable on return.
-    fn delete(&self, id: &str) -> Result<(), StoreError>;
+    /// Fenced like [`Commit::fence`].
+    fn delete(&self, id: &str, fence: Option<u64>) -> Result<(), StoreError>;
     /// Records kept aside because they could not be read back.
     fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// Wait until everything written is on disk.

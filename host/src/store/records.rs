@@ -2,7 +2,7 @@
 //! a record as two JSON documents (its changing part, its definition), object results staged
 //! in chunks, and the walk from visible positions to staged chunks.
 
-use super::{ObjectSegment, StoreError, StoredObject};
+use super::{ObjectSegment, Reported, StoreError, StoredObject};
 use crate::engine::job::JobRecord;
 use crate::model::ObjectResult;
 use chrono::{DateTime, Utc};
@@ -59,50 +59,93 @@ pub(crate) fn join_record(state: &[u8], definition: Option<&[u8]>) -> Result<Job
 /// The largest chunk of staged object results (more than one result is never cut apart).
 const CHUNK_BYTES: usize = 16 * 1024;
 
-/// Object results staged by one report of a step.
+/// Object results a step reported, staged together: each result at `at`, or `after_us`
+/// microseconds after it (the results of several reports share a chunk).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StagedChunk {
     pub at: DateTime<Utc>,
     pub results: Vec<ObjectResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_us: Vec<u64>,
 }
 
-/// `objects`, reported together at `at` as a step's results `first_staged..`, as chunks of at
-/// most [`CHUNK_BYTES`] each: (the step's number of the chunk's first result, its bytes).
-/// Small chunks keep a rewrite small and stay inline in the backend's pages.
+impl StagedChunk {
+    /// When result `i` of the chunk was reported.
+    pub fn at_of(&self, i: usize) -> DateTime<Utc> {
+        match self.after_us.get(i) {
+            Some(us) => self.at + chrono::Duration::microseconds(*us as i64),
+            None => self.at,
+        }
+    }
+}
+
+/// A chunk as it is written (borrowing the results).
+#[derive(serde::Serialize)]
+struct ChunkOut<'a> {
+    at: DateTime<Utc>,
+    results: Vec<&'a ObjectResult>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    after_us: Vec<u64>,
+}
+
+/// About how many bytes a result takes as JSON (to cut chunks without serialising twice).
+fn json_size(o: &ObjectResult) -> usize {
+    o.name.len() + o.object_type.len() + o.error.as_ref().map_or(0, String::len) + 64
+}
+
+/// `reports`, the step's results `first_staged..` in order, as chunks of about
+/// [`CHUNK_BYTES`] of JSON each (a result is never cut apart): (the step's number of the
+/// chunk's first result, its bytes). Small chunks keep a rewrite small and stay inline in the
+/// backend's pages.
 pub(crate) fn chunk_results(
     first_staged: u64,
-    at: DateTime<Utc>,
-    objects: &[ObjectResult],
+    reports: &[Reported<'_>],
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let at = serde_json::to_string(&at).map_err(|e| json_error("a time", e))?;
     let mut chunks = vec![];
-    let mut chunk = String::new();
-    let mut chunk_first = first_staged;
-    let mut in_chunk = 0u64;
-    for (i, o) in objects.iter().enumerate() {
-        let one = serde_json::to_string(o).map_err(|e| json_error("an object result", e))?;
-        if in_chunk > 0 && chunk.len() + one.len() > CHUNK_BYTES {
-            chunk.push_str("]}");
-            chunks.push((chunk_first, std::mem::take(&mut chunk).into_bytes()));
-            chunk_first = first_staged + i as u64;
-            in_chunk = 0;
+    let mut next = first_staged;
+    let mut out: Option<(u64, ChunkOut<'_>, usize)> = None;
+    let finish = |out: Option<(u64, ChunkOut<'_>, usize)>, chunks: &mut Vec<(u64, Vec<u8>)>| {
+        if let Some((first, mut chunk, _)) = out {
+            if chunk.after_us.iter().all(|us| *us == 0) {
+                chunk.after_us.clear();
+            }
+            let json = serde_json::to_vec(&chunk).map_err(|e| json_error("object results", e))?;
+            chunks.push((first, compress(&json)?));
         }
-        if in_chunk == 0 {
-            chunk.push_str(&format!("{{\"at\":{at},\"results\":["));
-        } else {
-            chunk.push(',');
+        Ok::<_, StoreError>(())
+    };
+    for report in reports {
+        for o in report.objects {
+            let size = json_size(o);
+            if out
+                .as_ref()
+                .is_some_and(|(_, _, bytes)| bytes + size > CHUNK_BYTES)
+            {
+                finish(out.take(), &mut chunks)?;
+            }
+            let (_, chunk, bytes) = out.get_or_insert_with(|| {
+                (
+                    next,
+                    ChunkOut {
+                        at: report.at,
+                        results: vec![],
+                        after_us: vec![],
+                    },
+                    0,
+                )
+            });
+            let after = (report.at - chunk.at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0) as u64;
+            chunk.results.push(o);
+            chunk.after_us.push(after);
+            *bytes += size;
+            next += 1;
         }
-        chunk.push_str(&one);
-        in_chunk += 1;
     }
-    if in_chunk > 0 {
-        chunk.push_str("]}");
-        chunks.push((chunk_first, chunk.into_bytes()));
-    }
-    chunks
-        .into_iter()
-        .map(|(first, json)| Ok((first, compress(&json)?)))
-        .collect()
+    finish(out, &mut chunks)?;
+    Ok(chunks)
 }
 
 /// Compress a chunk: results and events repeat their field names and much of their values,
@@ -180,11 +223,12 @@ pub(crate) fn read_objects(
             chunk = Some((seg.step, start, c));
         }
         let (_, start, c) = chunk.as_ref().expect("loaded above");
+        let i = (staged - start) as usize;
         out.push(StoredObject {
             index: next,
             step: seg.step,
-            at: c.at,
-            result: c.results[(staged - start) as usize].clone(),
+            at: c.at_of(i),
+            result: c.results[i].clone(),
         });
         next += 1;
     }
@@ -210,7 +254,14 @@ mod tests {
     fn chunks_are_compressed_bounded_and_read_back_whole() {
         let results: Vec<ObjectResult> = (0..2000).map(result).collect();
         let at = Utc::now();
-        let chunks = chunk_results(10, at, &results).unwrap();
+        let chunks = chunk_results(
+            10,
+            &[Reported {
+                at,
+                objects: &results,
+            }],
+        )
+        .unwrap();
         assert!(chunks.len() > 1, "cut at {CHUNK_BYTES} bytes of JSON");
         assert_eq!(chunks[0].0, 10);
         let json_bytes: usize = results
@@ -234,6 +285,7 @@ mod tests {
         let plain = serde_json::to_vec(&StagedChunk {
             at: Utc::now(),
             results: vec![result(1)],
+            after_us: vec![],
         })
         .unwrap();
         assert_eq!(decode_chunk(&plain).unwrap().results, vec![result(1)]);

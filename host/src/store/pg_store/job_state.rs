@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub struct PgJobState {
     pool: Pool,
     quota_bytes: u64,
+    /// This node's id when several nodes share the store: writes are then fenced.
+    node: Option<String>,
 }
 
 impl PgJobState {
@@ -20,7 +22,14 @@ impl PgJobState {
         PgJobState {
             pool,
             quota_bytes: crate::store::DEFAULT_JOB_STATE_QUOTA,
+            node: None,
         }
+    }
+
+    /// The buckets as node `node` of several sharing the store writes them: fenced.
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
     }
 
     /// Set how many bytes each job may keep.
@@ -43,10 +52,11 @@ impl PgJobState {
 }
 
 impl crate::connectors::JobStateSpace for PgJobState {
-    fn bucket(&self, job: &str, _outside: bool) -> Arc<dyn KvBucket> {
+    fn bucket(&self, job: &str, _outside: bool, fence: Option<u64>) -> Arc<dyn KvBucket> {
         Arc::new(PgJobStateBucket {
             space: self.clone(),
             job: job.to_string(),
+            fence,
         })
     }
 }
@@ -82,6 +92,8 @@ fn key_text(bytes: Vec<u8>) -> Result<String, KvBackendError> {
 pub struct PgJobStateBucket {
     space: PgJobState,
     job: String,
+    /// The lease epoch the writing node holds (several nodes on the store).
+    fence: Option<u64>,
 }
 
 impl PgJobStateBucket {
@@ -90,6 +102,10 @@ impl PgJobStateBucket {
     fn write(&self, entries: Vec<(&str, Option<&[u8]>)>) -> Result<u64, KvBackendError> {
         let mut client = client(&self.space.pool)?;
         let mut tx = client.transaction().map_err(backend)?;
+        if let Some(node) = &self.space.node {
+            super::cluster_writes::check_fence(&mut tx, node, &self.job, self.fence)
+                .map_err(|e| KvBackendError::backend(format!("job state: {}", e.message)))?;
+        }
         // The usage row is the job's lock: concurrent writers of one job take turns.
         tx.execute(
             "INSERT INTO job_state_usage (job_id, bytes) VALUES ($1, 0) ON CONFLICT DO NOTHING",

@@ -4,12 +4,11 @@
 //! the database; nothing is loaded whole into memory. The schema is in `migrations/`, applied
 //! at start-up by [`schema::migrate`].
 
+mod cluster_writes;
 mod job_state;
-mod node_lock;
 pub mod schema;
 
-pub use node_lock::{NodeLock, try_lock_store};
-
+pub use cluster_writes::{FEED_CHANNEL, FeedNotice};
 pub use job_state::PgJobState;
 
 use super::records::{
@@ -17,12 +16,11 @@ use super::records::{
     split_record,
 };
 use super::{
-    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StoreError, StoredObject,
+    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, Reported, StoreError,
+    StoredObject,
 };
 use crate::engine::job::{EventBody, FeedEvent, JobRecord, JobSummary};
 use crate::engine::state::JobStatus;
-use crate::model::ObjectResult;
-use chrono::{DateTime, Utc};
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use sha2::{Digest, Sha256};
@@ -64,6 +62,9 @@ pub fn probe(url: &str) -> Result<(), StoreError> {
 pub struct PgJobStore {
     pool: Pool,
     job_state: PgJobState,
+    /// This node's id when several nodes share the store: every write is then fenced by the
+    /// job's lease and announced to the others (`cluster_writes`).
+    node: Option<String>,
 }
 
 /// Positions and counts are `u64` in the engine and `BIGINT` here.
@@ -91,7 +92,15 @@ impl PgJobStore {
         PgJobStore {
             job_state: PgJobState::new(pool.clone()),
             pool,
+            node: None,
         }
+    }
+
+    /// The store as node `node` of several sharing it: writes are fenced and announced.
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self.job_state = self.job_state.for_node(node);
+        self
     }
 
     /// The jobs' private state buckets, in the same database.
@@ -177,6 +186,9 @@ impl JobStore for PgJobStore {
         let (status, plugin) = (r.status.as_str(), r.plugin.name.as_str());
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(|e| pg_error(what, e))?;
+        if let Some(node) = &self.node {
+            cluster_writes::check_fence(&mut tx, node, &r.id, c.fence)?;
+        }
         let old = tx
             .query_opt(
                 "SELECT plugin, status, definition_sha FROM jobs WHERE id = $1 FOR UPDATE",
@@ -274,6 +286,11 @@ impl JobStore for PgJobStore {
                 ],
             )
             .map_err(|e| pg_error(what, e))?;
+        }
+        if let Some(node) = &self.node
+            && !c.append.is_empty()
+        {
+            cluster_writes::announce(&mut tx, node, &r.id, r.next_seq.saturating_sub(1), c.append)?;
         }
         tx.commit().map_err(|e| pg_error(what, e))
     }
@@ -421,23 +438,27 @@ impl JobStore for PgJobStore {
             .collect()
     }
 
-    fn stage_objects(
+    fn stage_reports(
         &self,
         id: &str,
+        fence: Option<u64>,
         step: u32,
         first_staged: u64,
-        at: DateTime<Utc>,
-        objects: &[ObjectResult],
+        reports: &[Reported<'_>],
     ) -> Result<(), StoreError> {
-        if objects.is_empty() {
+        let count: usize = reports.iter().map(|r| r.objects.len()).sum();
+        if count == 0 {
             return Ok(());
         }
         let what = "staging object results";
-        let chunks = chunk_results(first_staged, at, objects)?;
+        let chunks = chunk_results(first_staged, reports)?;
         let (firsts, bytes): (Vec<i64>, Vec<Vec<u8>>) =
             chunks.into_iter().map(|(n, b)| (big(n), b)).unzip();
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(|e| pg_error(what, e))?;
+        if let Some(node) = &self.node {
+            cluster_writes::check_fence(&mut tx, node, id, fence)?;
+        }
         // Chunks an earlier, uncommitted attempt staged inside this range would shadow it.
         tx.execute(
             "DELETE FROM staged_objects WHERE job_id = $1 AND step = $2
@@ -446,7 +467,7 @@ impl JobStore for PgJobStore {
                 &id,
                 &(step as i32),
                 &big(first_staged),
-                &big(first_staged + objects.len() as u64),
+                &big(first_staged + count as u64),
             ],
         )
         .map_err(|e| pg_error(what, e))?;
@@ -471,10 +492,13 @@ impl JobStore for PgJobStore {
         read_objects(self, id, from, limit)
     }
 
-    fn delete(&self, id: &str) -> Result<(), StoreError> {
+    fn delete(&self, id: &str, fence: Option<u64>) -> Result<(), StoreError> {
         let what = "deleting a job";
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(|e| pg_error(what, e))?;
+        if let Some(node) = &self.node {
+            cluster_writes::check_fence(&mut tx, node, id, fence)?;
+        }
         if let Some(row) = tx
             .query_opt(
                 "DELETE FROM jobs WHERE id = $1 RETURNING plugin, status",
@@ -490,6 +514,7 @@ impl JobStore for PgJobStore {
             "object_segments",
             "job_state",
             "job_state_usage",
+            "job_leases",
         ] {
             tx.execute(&format!("DELETE FROM {table} WHERE job_id = $1"), &[&id])
                 .map_err(|e| pg_error(what, e))?;

@@ -29,6 +29,15 @@ pub fn latest_version() -> u32 {
 /// Bring the schema of the database behind `pool` up to [`latest_version`]. Returns the
 /// version it had before.
 pub fn migrate(pool: &Pool) -> Result<u32, StoreError> {
+    migrate_up_to(pool, None)
+}
+
+/// Bring the schema up to `version` only, as an older release left it (tests of upgrades).
+pub fn migrate_to(pool: &Pool, version: u32) -> Result<u32, StoreError> {
+    migrate_up_to(pool, Some(version))
+}
+
+fn migrate_up_to(pool: &Pool, target: Option<u32>) -> Result<u32, StoreError> {
     let what = "migrating the store's schema";
     let mut client = pool
         .get()
@@ -51,6 +60,9 @@ pub fn migrate(pool: &Pool) -> Result<u32, StoreError> {
         }
         let mut runner = embedded::migrations::runner().set_abort_divergent(true);
         runner.set_migration_table_name(HISTORY_TABLE);
+        if let Some(v) = target {
+            runner = runner.set_target(refinery::Target::Version(v));
+        }
         runner
             .run(&mut *client)
             .map_err(|e| StoreError::unavailable(format!("{what}: {e}")))?;

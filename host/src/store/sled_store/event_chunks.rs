@@ -171,7 +171,9 @@ fn add_to_series(
     }
     let mut rest = &events[..];
     if may_extend
-        && let Some(item) = tree.scan_prefix(keys::numbered_prefix(series, id)).next_back()
+        && let Some(item) = tree
+            .scan_prefix(keys::numbered_prefix(series, id))
+            .next_back()
     {
         let (k, v) = item.map_err(|e| sled_error("committing a job's events", e))?;
         let mut newest = decode(&v)?;

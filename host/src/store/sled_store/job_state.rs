@@ -106,7 +106,8 @@ impl SledJobState {
 }
 
 impl crate::connectors::JobStateSpace for SledJobState {
-    fn bucket(&self, job: &str, outside: bool) -> Arc<dyn KvBucket> {
+    /// One node uses the embedded store: nothing to fence.
+    fn bucket(&self, job: &str, outside: bool, _fence: Option<u64>) -> Arc<dyn KvBucket> {
         SledJobState::bucket(self, job, outside)
     }
 }

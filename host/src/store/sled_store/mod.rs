@@ -15,12 +15,11 @@ use super::records::{
     split_record,
 };
 use super::{
-    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, StoreError, StoredObject,
+    Commit, JobQuery, JobStore, JobSummaries, ObjectSegment, Quarantined, Reported, StoreError,
+    StoredObject,
 };
 use crate::engine::job::{FeedEvent, JobRecord, JobSummary};
 use crate::engine::state::JobStatus;
-use crate::model::ObjectResult;
-use chrono::{DateTime, Utc};
 use keys::IndexMeta;
 use std::sync::{Arc, Mutex};
 
@@ -260,9 +259,9 @@ impl SledJobStore {
         {
             Some(item) => {
                 let (_, v) = item.map_err(|e| sled_error("reading object results", e))?;
-                Ok(Some(serde_json::from_slice(&v).map_err(|e| {
-                    json_error("a result segment", e)
-                })?))
+                Ok(Some(
+                    serde_json::from_slice(&v).map_err(|e| json_error("a result segment", e))?,
+                ))
             }
             None => Ok(None),
         }
@@ -330,7 +329,6 @@ impl SledJobStore {
         batch.remove(keys::tombstone(id));
         self.apply(batch, "deleting a job")
     }
-
 }
 
 impl ObjectSource for SledJobStore {
@@ -567,25 +565,26 @@ impl JobStore for SledJobStore {
         event_chunks::read(&self.tree, id, after, limit, true)
     }
 
-    fn stage_objects(
+    fn stage_reports(
         &self,
         id: &str,
+        _fence: Option<u64>,
         step: u32,
         first_staged: u64,
-        at: DateTime<Utc>,
-        objects: &[ObjectResult],
+        reports: &[Reported<'_>],
     ) -> Result<(), StoreError> {
-        if objects.is_empty() {
+        let count: usize = reports.iter().map(|r| r.objects.len()).sum();
+        if count == 0 {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
         // Chunks an earlier, uncommitted attempt staged inside this range would shadow it.
         let first = keys::staged(id, step, first_staged);
-        let end = keys::staged(id, step, first_staged + objects.len() as u64);
+        let end = keys::staged(id, step, first_staged + count as u64);
         for k in self.tree.range(first..end).keys() {
             batch.remove(k.map_err(|e| sled_error("staging object results", e))?);
         }
-        for (first, chunk) in chunk_results(first_staged, at, objects)? {
+        for (first, chunk) in chunk_results(first_staged, reports)? {
             batch.insert(keys::staged(id, step, first), chunk);
         }
         // Not synced: the commit that makes them visible flushes them with it (sled's log is
@@ -604,7 +603,7 @@ impl JobStore for SledJobStore {
         read_objects(self, id, from, limit)
     }
 
-    fn delete(&self, id: &str) -> Result<(), StoreError> {
+    fn delete(&self, id: &str, _fence: Option<u64>) -> Result<(), StoreError> {
         {
             let _guard = self.index_lock.lock().expect("index lock");
             let mut batch = sled::Batch::default();
