@@ -353,6 +353,7 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
         // whole plugin call, and the plugin's own events need that lock.
         let spec = handle.lock().spec.clone();
         let result = setup.plugin.execute(&ctx, &spec, step);
+        events.write_staged();
 
         if setup.control.is_handing_off() {
             // Keep what can still be kept (a checkpoint waiting in memory), change nothing else.
@@ -642,6 +643,7 @@ fn rollback_step(
         let ctx = context(setup, events.clone(), None, options.step_timeout_secs);
         let spec = handle.lock().spec.clone();
         let result = setup.plugin.rollback(&ctx, &spec, step);
+        events.write_staged();
         if setup.control.is_handing_off() {
             events.stop();
             return StepEnd::Interrupted;

@@ -1,8 +1,9 @@
 //! What a running step reports, made durable cheaply and consistently.
 //!
 //! Invariant: object results become visible (and counted) only together with the checkpoint
-//! that follows them, or with the step's completion. They are *staged* in the store as they
-//! arrive, so host memory does not grow with their number; a step resumed after a crash or
+//! that follows them, or with the step's completion. They are *staged* in the store in
+//! batches ([`STAGE_BATCH_RESULTS`]) and always before the commit that shows them, so host
+//! memory does not grow with their number; a step resumed after a crash or
 //! retried after a failure stages again from its last committed count, overwriting what was
 //! staged and never committed. So no result is lost or counted twice.
 //!
@@ -17,7 +18,7 @@ use super::handle::{JobHandle, RunControl};
 use super::job::{EventBody, JobRecord, LogSource, eta_seconds, progress_of};
 use crate::model::{LogLevel, ObjectResult, ObjectStatus};
 use crate::runtime::JobEvents;
-use crate::store::{ObjectSegment, StoreError};
+use crate::store::{ObjectSegment, Reported, StoreError};
 use chrono::Utc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,11 +26,20 @@ use std::time::{Duration, Instant};
 /// Longest time logs and progress wait in memory before they are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
-/// Shortest time between two checkpoint commits of one step.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// Shortest time between two checkpoint commits of one step. Each commit waits for the disk:
+/// at 100 ms tracking cost sled 4 points more of a copy's throughput (BENCHMARKS.md).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Log text that waits in memory before it is written regardless of [`FLUSH_EVERY`].
 pub const MAX_PENDING_LOG_BYTES: usize = 1 << 20;
+
+/// Reported object results wait in memory until this many (or [`STAGE_BATCH_BYTES`] of them)
+/// gather, or a commit is to show them, and are then staged in one write: a write per report
+/// made tracking cost 15-20 % of a copy's throughput, a write per batch of them 3-4 %
+/// (BENCHMARKS.md).
+pub const STAGE_BATCH_RESULTS: u64 = 10_000;
+/// About how many bytes of reported results wait in memory at most.
+pub const STAGE_BATCH_BYTES: usize = 4 << 20;
 
 /// How many of a commit's object results its feed event carries (the rest are paged from
 /// `/objects`): enough for a live view, bounded whatever the batch size.
@@ -60,6 +70,11 @@ struct Pending {
     /// A staging write or a commit failed: the step's results are not all recorded, so it
     /// must not complete.
     failure: Option<StoreError>,
+    /// Results reported and counted in `staged` but not written to the store yet, with the
+    /// time of their report.
+    unstaged: Vec<(chrono::DateTime<Utc>, Vec<ObjectResult>)>,
+    unstaged_count: u64,
+    unstaged_bytes: usize,
 }
 
 /// Receives a step's events from the plugin (see [`JobEvents`]).
@@ -136,6 +151,9 @@ impl StepEvents {
         } else {
             self.commit(&mut p, CommitObjects::None);
         }
+        p.unstaged.clear();
+        p.unstaged_count = 0;
+        p.unstaged_bytes = 0;
         std::mem::take(&mut p.staged).count
     }
 
@@ -145,7 +163,8 @@ impl StepEvents {
     }
 
     /// At step completion, inside the engine's own update of `rec`: everything pending,
-    /// objects included, so they commit with the step's new status.
+    /// objects included, so they commit with the step's new status. Call
+    /// [`StepEvents::write_staged`] before (outside the update).
     pub fn drain_for_completion(
         &self,
         rec: &mut JobRecord,
@@ -158,9 +177,48 @@ impl StepEvents {
         self.drain_into(&mut p, CommitObjects::All, rec)
     }
 
+    /// Write the reported results still in memory to the store (before any commit that
+    /// shows them). Call without the record's lock held.
+    pub fn write_staged(&self) {
+        let mut p = self.pending();
+        self.write_unstaged(&mut p);
+    }
+
+    fn write_unstaged(&self, p: &mut Pending) {
+        if p.unstaged.is_empty() {
+            return;
+        }
+        let committed = *self.committed.lock().expect("committed lock");
+        let first = committed + p.staged.count - p.unstaged_count;
+        let reports: Vec<Reported<'_>> = p
+            .unstaged
+            .iter()
+            .map(|(at, objects)| Reported { at: *at, objects })
+            .collect();
+        let id = self.handle.id();
+        let written = self.handle.store().stage_reports(
+            id,
+            self.handle.fence(),
+            self.ordinal,
+            first,
+            &reports,
+        );
+        drop(reports);
+        if let Err(e) = written {
+            tracing::error!(job = %id, error = %e, "could not stage object results");
+            p.failure.get_or_insert(e);
+        }
+        p.unstaged.clear();
+        p.unstaged_count = 0;
+        p.unstaged_bytes = 0;
+    }
+
     fn commit(&self, p: &mut Pending, objects: CommitObjects) {
         if !self.tracking {
             return;
+        }
+        if objects != CommitObjects::None {
+            self.write_unstaged(p);
         }
         let step = self.step.clone();
         let checkpoint = match objects {
@@ -205,6 +263,13 @@ impl StepEvents {
                 step: Some(self.step.clone()),
                 message,
             });
+        }
+        if objects != CommitObjects::None && !p.unstaged.is_empty() {
+            // The caller did not write them first: showing them would point at nothing.
+            p.failure.get_or_insert(StoreError::unavailable(
+                "object results were not staged before the commit meant to show them",
+            ));
+            return (events, segments);
         }
         let done = match objects {
             CommitObjects::None => None,
@@ -279,36 +344,31 @@ impl StepEvents {
             || p.last_flush.is_none_or(|t| t.elapsed() >= FLUSH_EVERY)
     }
 
-    /// Stage `results` after those staged so far.
+    /// Count `results` after those staged so far; they are written to the store in batches.
     fn stage(&self, p: &mut Pending, results: Vec<ObjectResult>) {
-        let first = *self.committed.lock().expect("committed lock") + p.staged.count;
-        let id = self.handle.id();
-        if let Err(e) = self.handle.store().stage_objects(
-            id,
-            self.handle.fence(),
-            self.ordinal,
-            first,
-            Utc::now(),
-            &results,
-        ) {
-            tracing::error!(job = %id, error = %e, "could not stage object results");
-            p.failure.get_or_insert(e);
-            return;
-        }
         let staged = &mut p.staged;
         staged.count += results.len() as u64;
         if let Some(last) = results.last() {
             staged.last_object = Some(last.name.clone());
         }
-        for o in results {
+        for o in &results {
             staged.by_status[match o.status {
                 ObjectStatus::Success => 0,
                 ObjectStatus::Error => 1,
                 ObjectStatus::Skipped => 2,
             }] += 1;
             if staged.sample.len() < OBJECTS_PER_EVENT {
-                staged.sample.push(o);
+                staged.sample.push(o.clone());
             }
+        }
+        p.unstaged_count += results.len() as u64;
+        p.unstaged_bytes += results
+            .iter()
+            .map(|o| o.name.len() + o.error.as_ref().map_or(0, String::len) + 64)
+            .sum::<usize>();
+        p.unstaged.push((Utc::now(), results));
+        if p.unstaged_count >= STAGE_BATCH_RESULTS || p.unstaged_bytes >= STAGE_BATCH_BYTES {
+            self.write_unstaged(p);
         }
     }
 }
