@@ -2,8 +2,9 @@
 # Installs what building and testing Plover needs on a fresh machine, idempotently:
 # the wasm32-wasip2 Rust target, rustfmt and clippy; with --services (what the tests need)
 # also the Python tools the API conformance test runs (an OpenAPI validator and the
-# schemathesis fuzzer, pinned, in target/py-tools), and makes sure the local PostgreSQL and
-# Redis answer, starting them if they are installed but stopped.
+# schemathesis fuzzer, pinned, in target/py-tools), headless Chromium and ChromeDriver from
+# the distribution's packages (the console's browser tests), and makes sure the local
+# PostgreSQL and Redis answer, starting them if they are installed but stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,13 @@ if [[ "${1:-}" == "--services" ]]; then
         "$PY_TOOLS/bin/pip" install --quiet --disable-pip-version-check $PY_PINS
         echo "$PY_PINS" > "$PY_TOOLS/pins"
     fi
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        echo "setup: installing chromium and chromium-driver (the console's browser tests)"
+        if [[ $(id -u) -eq 0 ]]; then apt=(apt-get); else apt=(sudo apt-get); fi
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q chromium chromium-driver >/dev/null \
+            || { "${apt[@]}" update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q chromium chromium-driver >/dev/null; }
+    fi
+    command -v chromedriver >/dev/null || { echo "setup: chromedriver could not be installed (needed by the console's browser tests)" >&2; exit 1; }
     if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         echo "setup: starting PostgreSQL"
         if command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then

@@ -31,6 +31,9 @@ pub struct Config {
     pub lease_ms: u64,
     /// Where this node's API is reached, shown in `GET /api/v1/nodes`.
     pub advertise_url: Option<String>,
+    /// Mark the console's session cookie `Secure` (set it when the console is served over
+    /// https, e.g. behind a TLS proxy).
+    pub secure_cookies: bool,
     /// Directories whose `*.wasm` plugins are loaded at start-up (bundled handlers).
     pub plugin_dirs: Vec<PathBuf>,
     /// `text` or `json` logs.
@@ -66,6 +69,11 @@ pub struct Config {
     pub any_sled_bucket: bool,
     /// Called with the final snapshot of every job (per-job webhooks add to it).
     pub webhook: Option<String>,
+    /// Signs every webhook payload (HMAC-SHA256, header `X-Plover-Signature`).
+    /// `PLOVER_WEBHOOK_SECRET` overrides it.
+    pub webhook_secret: Option<String>,
+    /// A PEM certificate authority trusted for `https` webhooks besides the system's roots.
+    pub webhook_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -86,6 +94,7 @@ impl Default for Config {
             node_name: None,
             lease_ms: 10_000,
             advertise_url: None,
+            secure_cookies: false,
             plugin_dirs: vec![PathBuf::from("plugins/target/wasm32-wasip2/release")],
             log_format: LogFormat::Text,
             max_body_bytes: 64 << 20,
@@ -103,6 +112,8 @@ impl Default for Config {
             connections: BTreeMap::new(),
             any_sled_bucket: true,
             webhook: None,
+            webhook_secret: None,
+            webhook_ca_cert: None,
         }
     }
 }
@@ -152,6 +163,9 @@ impl Config {
         }
         if let Some(v) = get("PLOVER_WEBHOOK") {
             self.webhook = Some(v);
+        }
+        if let Some(v) = get("PLOVER_WEBHOOK_SECRET").filter(|v| !v.is_empty()) {
+            self.webhook_secret = Some(v);
         }
         if let Some(v) = get("PLOVER_NODE_NAME").filter(|v| !v.is_empty()) {
             self.node_name = Some(v);

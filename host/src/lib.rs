@@ -16,6 +16,7 @@
 //!   requests, change notices, the node list.
 //! - [`metrics`]: counters and histograms kept as things happen, rendered for `/metrics`.
 //! - [`api`]: the HTTP API (axum), live progress over SSE, bearer-token roles.
+//! - [`console`]: the operator web console at `/`, embedded assets over the same API.
 //! - [`server`], [`config`], [`cli`]: the `plover` binary, a thin layer over the above.
 //! - [`testing`]: run a handler in-process over in-memory buckets, for plugin authors.
 
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod connectors;
+pub mod console;
 pub mod engine;
 pub mod metrics;
 pub mod model;

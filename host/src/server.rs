@@ -3,6 +3,8 @@
 use crate::api::audit::AuditLog;
 use crate::api::audit_records::PgAudit;
 use crate::api::error::AppError;
+use crate::api::session_records::PgSessions;
+use crate::api::sessions::SessionStore;
 use crate::api::token_records::PgTokens;
 use crate::api::uploaded_plugins::{PgPlugins, PluginDir, UploadedPlugins};
 use crate::api::{self, AppState, auth::Role, auth::TokenStore};
@@ -156,14 +158,17 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
     }
     engine.set_max_results_per_step(config.max_object_results_per_step);
 
-    let (tokens, audit) = match store_pool {
+    let secure = config.secure_cookies;
+    let (tokens, audit, sessions) = match store_pool {
         Some(pool) => (
             TokenStore::new(PgTokens::new(pool.clone())),
-            AuditLog::new(PgAudit::new(pool, config.audit_retention)),
+            AuditLog::new(PgAudit::new(pool.clone(), config.audit_retention)),
+            SessionStore::new(PgSessions::new(pool), secure),
         ),
         None => (
             TokenStore::open(flush.clone())?,
-            AuditLog::open(flush, config.audit_retention)?,
+            AuditLog::open(flush.clone(), config.audit_retention)?,
+            SessionStore::open(flush, secure)?,
         ),
     };
     if tokens.is_empty()? {
@@ -183,18 +188,18 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         }
     }
 
-    let hosts_hook = config.webhook.clone();
+    let webhooks = Arc::new(Webhooks {
+        host: config.webhook.clone(),
+        secret: config.webhook_secret.clone(),
+        ca_cert: webhook_ca(config.webhook_ca_cert.as_deref())?,
+    });
+    let hooks = webhooks.clone();
     engine.on_final(Box::new(move |snap: &JobSnapshot| {
-        let urls: Vec<String> = hosts_hook
-            .iter()
-            .cloned()
-            .chain(snap.options.webhook.iter().cloned())
-            .collect();
-        for url in urls {
-            let body = serde_json::to_vec(snap).unwrap_or_default();
-            let job = snap.id.clone();
-            std::thread::spawn(move || notify(&url, &job, body));
-        }
+        hooks.send(snap, "final")
+    }));
+    let hooks = webhooks;
+    engine.on_progress(Box::new(move |snap: &JobSnapshot| {
+        hooks.send(snap, "progress")
     }));
 
     Ok(Arc::new(AppState {
@@ -203,6 +208,7 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         uploaded,
         tokens,
         audit,
+        sessions,
         ready: Default::default(),
         cluster: shared.map(|(_, cluster)| cluster),
         started_at: chrono::Utc::now(),
@@ -320,33 +326,108 @@ fn open_postgres_store(
     Ok((Arc::new(store), job_state, Some((pool, cluster))))
 }
 
-/// POST the final snapshot to `url`, retrying with backoff (0.5 s doubling, 6 attempts).
-fn notify(url: &str, job: &str, body: Vec<u8>) {
-    let client = match reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => return tracing::error!(error = %e, "webhook client"),
-    };
+/// Where job snapshots are sent: the host's webhook and each job's own, signed with the
+/// host's secret when one is configured.
+struct Webhooks {
+    host: Option<String>,
+    secret: Option<String>,
+    /// A CA trusted besides the system's roots.
+    ca_cert: Option<reqwest::Certificate>,
+}
+
+/// The `webhook_ca_cert`, read (and checked) at start.
+fn webhook_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<reqwest::Certificate>> {
+    let Some(path) = path else { return Ok(None) };
+    let pem = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("webhook_ca_cert {}: {e}", path.display()))?;
+    let cert = reqwest::Certificate::from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("webhook_ca_cert {}: {e}", path.display()))?;
+    Ok(Some(cert))
+}
+
+/// The header that carries a payload's signature: `sha256=` and the hex HMAC-SHA256 of the
+/// body with the host's `webhook_secret`.
+pub const SIGNATURE_HEADER: &str = "X-Plover-Signature";
+
+/// `sha256=<hex>` of `body` with `secret` (what a receiver recomputes to check a payload).
+pub fn webhook_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Webhooks {
+    /// Send `snap` as event `event` (`final` or `progress`) to every URL that wants it, each
+    /// on a thread of its own. Progress goes only to the job's own webhook.
+    fn send(&self, snap: &JobSnapshot, event: &'static str) {
+        let urls: Vec<String> = self
+            .host
+            .iter()
+            .filter(|_| event == "final")
+            .cloned()
+            .chain(snap.options.webhook.iter().cloned())
+            .collect();
+        if urls.is_empty() {
+            return;
+        }
+        let body = serde_json::to_vec(snap).unwrap_or_default();
+        let signature = self.secret.as_deref().map(|s| webhook_signature(s, &body));
+        for url in urls {
+            let (body, job, signature) = (body.clone(), snap.id.clone(), signature.clone());
+            let ca_cert = self.ca_cert.clone();
+            std::thread::spawn(move || {
+                let mut builder =
+                    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10));
+                if let Some(cert) = ca_cert {
+                    builder = builder.add_root_certificate(cert);
+                }
+                match builder.build() {
+                    Ok(client) => notify(&client, &url, &job, event, body, signature.as_deref()),
+                    Err(e) => tracing::error!(error = %e, "webhook client"),
+                }
+            });
+        }
+    }
+}
+
+/// POST a snapshot to `url`, retrying with backoff (0.5 s doubling, 6 attempts; a progress
+/// notice is tried once: the next one supersedes it).
+fn notify(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    job: &str,
+    event: &str,
+    body: Vec<u8>,
+    signature: Option<&str>,
+) {
+    let attempts = if event == "final" { 6 } else { 1 };
     let mut wait = Duration::from_millis(500);
-    for attempt in 1..=6 {
-        let sent = client
+    for attempt in 1..=attempts {
+        let mut request = client
             .post(url)
             .header("content-type", "application/json")
-            .body(body.clone())
-            .send();
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                return tracing::info!(job, url, attempt, "webhook delivered");
-            }
-            Ok(r) => tracing::warn!(job, url, attempt, status = %r.status(), "webhook refused"),
-            Err(e) => tracing::warn!(job, url, attempt, error = %e, "webhook failed"),
+            .header("X-Plover-Event", event)
+            .body(body.clone());
+        if let Some(signature) = signature {
+            request = request.header(SIGNATURE_HEADER, signature);
         }
-        std::thread::sleep(wait);
-        wait *= 2;
+        match request.send() {
+            Ok(r) if r.status().is_success() => {
+                return tracing::info!(job, url, event, attempt, "webhook delivered");
+            }
+            Ok(r) => {
+                tracing::warn!(job, url, event, attempt, status = %r.status(), "webhook refused")
+            }
+            Err(e) => tracing::warn!(job, url, event, attempt, error = %e, "webhook failed"),
+        }
+        if attempt < attempts {
+            std::thread::sleep(wait);
+            wait *= 2;
+        }
     }
-    tracing::error!(job, url, "webhook gave up after 6 attempts");
+    tracing::error!(job, url, event, "webhook gave up after {attempts} attempts");
 }
 
 /// Run the server until SIGINT or SIGTERM. Running jobs are left `executing` in the store and

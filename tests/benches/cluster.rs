@@ -8,31 +8,26 @@
 
 use chrono::{DateTime, Utc};
 use plover_tests::artifacts;
+use plover_tests::bench::ServerProcess;
 use plover_tests::services::Schema;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "bench-admin-token";
 const LEASE_MS: u64 = 2000;
 
 struct Node {
-    child: Child,
+    process: ServerProcess,
     url: String,
     id: String,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(data: &Path, plugins: &Path, config: &Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
+    command
         .args(["serve", "--bind", "127.0.0.1:0", "--config"])
         .arg(config)
         .arg("--data-dir")
@@ -40,26 +35,16 @@ fn start(data: &Path, plugins: &Path, config: &Path) -> Node {
         .arg("--plugins-dir")
         .arg(plugins)
         .env("PLOVER_BOOTSTRAP_TOKEN", TOKEN)
-        .env("PLOVER_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "a node exited");
-        if let Some(url) = line.trim().strip_prefix("plover listening on ") {
-            break url.to_string();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        .env("PLOVER_LOG", "error");
+    let process = ServerProcess::spawn(command);
+    let url = process.url.clone();
     let metrics = reqwest::blocking::get(format!("{url}/metrics"))
         .unwrap()
         .text()
         .unwrap();
     let at = metrics.find("node=\"").unwrap() + 6;
     let id = metrics[at..at + metrics[at..].find('"').unwrap()].to_string();
-    Node { child, url, id }
+    Node { process, url, id }
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -209,8 +194,8 @@ fn main() {
         let victim_id = nodes[victim].id.clone();
         let before = completed(&nodes[other], &job);
         let died = Instant::now();
-        nodes[victim].child.kill().unwrap();
-        nodes[victim].child.wait().unwrap();
+        nodes[victim].process.child.kill().unwrap();
+        nodes[victim].process.child.wait().unwrap();
         let claim = wait("another node claims the job", || {
             owner(&nodes[other], &job).is_some_and(|o| o != victim_id)
         });

@@ -8,53 +8,25 @@
 
 use chrono::{DateTime, Utc};
 use plover_tests::artifacts;
+use plover_tests::bench::ServerProcess;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "bench-admin-token";
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data: &Path, plugins: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
+fn start(data: &Path, plugins: &Path) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
+    command
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .arg("--plugins-dir")
         .arg(plugins)
         .env("PLOVER_BOOTSTRAP_TOKEN", TOKEN)
-        .env("PLOVER_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // "starting on" comes first (the port is bound), "listening on" once the API serves.
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the server exited"
-        );
-        if let Some(url) = line.trim().strip_prefix("plover listening on ") {
-            break url.to_string();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    Server { child, url }
+        .env("PLOVER_LOG", "error");
+    ServerProcess::spawn(command)
 }
 
 fn rss_kib(pid: u32) -> u64 {

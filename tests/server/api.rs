@@ -187,6 +187,23 @@ fn authorization_table_every_endpoint_by_role() {
         ("GET", "/audit".into(), None, 3),
         ("GET", format!("/migrations/{id}/events"), None, 1),
         ("GET", "/events".into(), None, 1),
+        (
+            "GET",
+            format!("/migrations/{id}/export/objects.csv"),
+            None,
+            1,
+        ),
+        ("GET", "/connections".into(), None, 1),
+        ("GET", "/buckets/auth-table/entries".into(), None, 1),
+        // A line without a key: refused after auth, nothing written.
+        (
+            "POST",
+            "/buckets/auth-table/import".into(),
+            Some(json!({})),
+            2,
+        ),
+        // Allowed, it seeds the sample and plans a job (counted below).
+        ("POST", "/demo".into(), None, 2),
     ];
     let callers: [(&str, Option<String>, u8); 5] = [
         ("no token", None, 0),
@@ -222,7 +239,10 @@ fn authorization_table_every_endpoint_by_role() {
         "no denied request changed the job"
     );
     let (_, page) = s.get("/migrations", ADMIN);
-    assert_eq!(page["total"], 1);
+    assert_eq!(
+        page["total"], 3,
+        "the job, and a demo copy each for operator and admin"
+    );
     for open in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(
             s.http
@@ -587,6 +607,14 @@ fn openapi_document_matches_the_routes() {
         ("DELETE", "/api/v1/tokens/{name}"),
         ("GET", "/api/v1/audit"),
         ("GET", "/api/v1/nodes"),
+        ("GET", "/api/v1/migrations/{id}/export/{file}"),
+        ("POST", "/api/v1/session"),
+        ("GET", "/api/v1/session"),
+        ("DELETE", "/api/v1/session"),
+        ("GET", "/api/v1/connections"),
+        ("POST", "/api/v1/buckets/{name}/import"),
+        ("GET", "/api/v1/buckets/{name}/entries"),
+        ("POST", "/api/v1/demo"),
         ("GET", "/api/v1/openapi.json"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

@@ -8,6 +8,8 @@ mod cluster_api;
 mod common;
 mod conformance;
 mod connectors;
+mod console;
+mod console_api;
 mod durability;
 mod hardening;
 mod kill;

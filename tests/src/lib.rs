@@ -8,6 +8,8 @@ pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
 
+pub mod browser;
+
 /// Helpers the benchmarks share.
 pub mod bench {
     use std::time::Duration;
@@ -27,6 +29,46 @@ pub mod bench {
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         pages * 4096
+    }
+
+    /// A `plover serve` the benchmark started (killed when dropped).
+    pub struct ServerProcess {
+        pub child: std::process::Child,
+        /// `http://127.0.0.1:PORT`, once the API serves.
+        pub url: String,
+    }
+
+    impl ServerProcess {
+        /// Spawn `command` (a `plover serve …`) and wait until it says it is listening.
+        pub fn spawn(mut command: std::process::Command) -> ServerProcess {
+            use std::io::BufRead;
+            let mut child = command
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("the plover binary");
+            // "starting on" comes first (the port is bound), "listening on" once the API serves.
+            let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+            let url = loop {
+                let mut line = String::new();
+                assert!(
+                    stdout.read_line(&mut line).unwrap() > 0,
+                    "the server exited"
+                );
+                if let Some(url) = line.trim().strip_prefix("plover listening on ") {
+                    break url.to_string();
+                }
+            };
+            // Keep draining stdout so the server never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+            ServerProcess { child, url }
+        }
+    }
+
+    impl Drop for ServerProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 
     /// Bytes the files under `dir` take.
@@ -51,6 +93,8 @@ pub mod services {
     use plover_host::connectors::{Connector, RedisBucket};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub use native_tls::TlsAcceptor;
 
     pub const POSTGRES_URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
     pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -82,6 +126,39 @@ pub mod services {
             }
         });
         base
+    }
+
+    /// A TLS acceptor for a certificate made now for `127.0.0.1` (openssl, one day), and the
+    /// certificate's path, for a client to trust.
+    pub fn loopback_tls(dir: &std::path::Path) -> (native_tls::TlsAcceptor, std::path::PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let identity = native_tls::Identity::from_pkcs8(
+            &std::fs::read(&cert).unwrap(),
+            &std::fs::read(&key).unwrap(),
+        )
+        .unwrap();
+        (native_tls::TlsAcceptor::new(identity).unwrap(), cert)
     }
 
     pub fn unique(tag: &str) -> String {

@@ -304,36 +304,7 @@ fn http_allow_list_loopback_and_redirects_are_enforced_before_connecting() {
 }
 
 fn https_server(dir: &std::path::Path) -> (String, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl command");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let identity = native_tls::Identity::from_pkcs8(
-        &std::fs::read(&cert).unwrap(),
-        &std::fs::read(&key).unwrap(),
-    )
-    .unwrap();
-    let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
+    let (acceptor, cert) = plover_tests::services::loopback_tls(dir);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("https://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {

@@ -1,5 +1,5 @@
 //! The host's audit trail: every mutating request (POST, PUT, PATCH, DELETE) made with a valid
-//! token, with the token's name, what it asked and the status it got, refused requests
+//! token (or a console session made from one), with the token's name, what it asked and the status it got, refused requests
 //! included. Requests without a valid token are only counted
 //! (`plover_unauthenticated_requests_total`): anyone can send them, so storing each would let
 //! anyone fill the disk. Entries are bounded in size and the oldest are dropped past the
@@ -7,7 +7,7 @@
 
 use super::AppState;
 use super::audit_records::{AuditRecords, NewEntry, SledAudit};
-use super::auth::{AsAdmin, bearer_token};
+use super::auth::AsAdmin;
 use super::error::AppError;
 use super::extract::{ApiQuery, blocking};
 use crate::store::{GroupFlush, StoreError};
@@ -87,22 +87,12 @@ pub async fn record(State(s): State<Arc<AppState>>, req: Request, next: Next) ->
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
-    let token = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .map(str::to_string);
-    // A token that cannot be checked (the store is down) is treated as absent here; the
+    // A caller that cannot be checked (the store is down) is treated as unknown here; the
     // handler's own check answers the request with the reason.
-    let actor = match token {
-        Some(t) => super::auth::TokenStore::check_from_async(&s, &t)
-            .await
-            .ok()
-            .flatten()
-            .map(|t| t.name),
-        None => None,
-    };
+    let actor = super::auth::authenticate(req.headers(), &method, &s)
+        .await
+        .ok()
+        .map(|c| c.name);
     let response = next.run(req).await;
     let Some(actor) = actor else {
         crate::metrics::get().unauthenticated.inc();

@@ -1,13 +1,15 @@
 //! Bearer tokens with roles. Tokens are stored only as SHA-256 hashes; the first admin token
-//! is made on first start and shown once.
+//! is made on first start and shown once. The web console authenticates with a session cookie
+//! made from a token instead (`sessions`); both reach the same roles.
 
 use super::AppState;
 use super::error::AppError;
+use super::session_records::StoredSession;
 use super::token_records::{SledTokens, StoredToken, TokenRecords};
 use crate::store::{GroupFlush, StoreError};
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,7 +53,7 @@ pub enum TokenError {
     Store(#[from] StoreError),
 }
 
-fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -123,6 +125,23 @@ impl TokenStore {
         self.records.by_hash(&hash(token))
     }
 
+    /// Who holds the token whose hash is `sha256`, if it is not revoked.
+    pub fn check_hash(&self, sha256: &str) -> Result<Option<TokenInfo>, StoreError> {
+        self.records.by_hash(sha256)
+    }
+
+    /// [`TokenStore::check_hash`] from an async thread.
+    pub async fn check_hash_from_async(
+        state: &Arc<AppState>,
+        sha256: &str,
+    ) -> Result<Option<TokenInfo>, AppError> {
+        if state.tokens.records.in_memory() {
+            return Ok(state.tokens.check_hash(sha256)?);
+        }
+        let (state, sha256) = (state.clone(), sha256.to_string());
+        super::extract::blocking(move || Ok(state.tokens.check_hash(&sha256)?)).await
+    }
+
     /// [`TokenStore::check`] from an async thread: on the blocking pool unless the tokens are
     /// in memory.
     pub async fn check_from_async(
@@ -172,6 +191,72 @@ impl Caller {
     }
 }
 
+/// 403 unless the request carries the session's CSRF token.
+pub fn check_csrf(headers: &HeaderMap, session: &StoredSession) -> Result<(), AppError> {
+    let sent = headers
+        .get(super::sessions::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if sent == Some(session.csrf.as_str()) {
+        Ok(())
+    } else {
+        Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "a request made with the console's session must carry its X-CSRF-Token",
+        ))
+    }
+}
+
+/// Who makes a request: the holder of its bearer token, or of the console session its cookie
+/// names (a mutating request with the cookie must also carry the session's CSRF token).
+pub async fn authenticate(
+    headers: &HeaderMap,
+    method: &Method,
+    state: &Arc<AppState>,
+) -> Result<Caller, AppError> {
+    let unauthorized = |m: &str| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let Some(header) = headers.get(axum::http::header::AUTHORIZATION) else {
+        if super::sessions::session_cookie(headers).is_none() {
+            return Err(unauthorized("an Authorization: Bearer token is required"));
+        }
+        return from_session(headers, method, state).await;
+    };
+    let value = header
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not text"))?;
+    let token = bearer_token(value)
+        .ok_or_else(|| unauthorized("expected Authorization: Bearer <token>"))?;
+    let info = TokenStore::check_from_async(state, token)
+        .await?
+        .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+    Ok(Caller {
+        name: info.name,
+        role: info.role,
+    })
+}
+
+async fn from_session(
+    headers: &HeaderMap,
+    method: &Method,
+    state: &Arc<AppState>,
+) -> Result<Caller, AppError> {
+    let unauthorized = |m: &str| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let id = super::sessions::session_cookie(headers).expect("checked by the caller");
+    let session = super::sessions::SessionStore::check_from_async(state, id)
+        .await?
+        .ok_or_else(|| unauthorized("the console session ended; sign in again"))?;
+    let info = TokenStore::check_hash_from_async(state, &session.token_sha256)
+        .await?
+        .ok_or_else(|| unauthorized("the token this session was made from was revoked"))?;
+    if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        check_csrf(headers, &session)?;
+    }
+    Ok(Caller {
+        name: info.name,
+        role: info.role,
+    })
+}
+
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = AppError;
 
@@ -179,23 +264,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let unauthorized = |m: &str| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("an Authorization: Bearer token is required"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| unauthorized("the Authorization header is not text"))?;
-        let token = bearer_token(value)
-            .ok_or_else(|| unauthorized("expected Authorization: Bearer <token>"))?;
-        let info = TokenStore::check_from_async(state, token)
-            .await?
-            .ok_or_else(|| unauthorized("unknown or revoked token"))?;
-        Ok(Caller {
-            name: info.name,
-            role: info.role,
-        })
+        authenticate(&parts.headers, &parts.method, state).await
     }
 }
 

@@ -11,6 +11,7 @@ use crate::engine::state::JobStatus;
 use crate::engine::{
     DeleteMode, IndexedObject, JobPage, ListFilter, LogLine, NewMigration, Request,
 };
+use crate::model::ObjectStatus;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -176,33 +177,56 @@ pub async fn logs(
     Ok(Json(LogPage { items, next_after }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    status: Option<ObjectStatus>,
+}
+
 #[utoipa::path(get, path = "/api/v1/migrations/{id}/objects", tag = "migrations", operation_id = "migration_objects",
-    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Last index seen"), ("limit" = Option<usize>, Query)),
+    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Last index seen (`next_after`)"), ("limit" = Option<usize>, Query),
+        ("status" = Option<ObjectStatus>, Query, description = "Only results with this status. A page looks at no more than 5,000 results, so it may hold fewer than `limit`: go on from `next_after` until it is absent")),
     responses((status = 200, body = ObjectPage)))]
 pub async fn objects(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<ObjectQuery>,
 ) -> Result<impl IntoResponse, AppError> {
     let engine = s.engine.clone();
-    let items = blocking(move || {
+    let page = blocking(move || {
         // Past the last possible index there is nothing (rather than wrapping to the start).
         let from = match q.after {
             None => Some(0),
             Some(a) => a.checked_add(1),
         };
-        match from {
-            Some(from) => Ok(engine.objects(&id, from, q.limit.unwrap_or(500))?),
+        let Some(from) = from else {
+            engine.snapshot(&id)?;
+            return Ok(ObjectPage {
+                items: vec![],
+                next_after: None,
+            });
+        };
+        let limit = q.limit.unwrap_or(500);
+        Ok(match q.status {
             None => {
-                engine.snapshot(&id)?;
-                Ok(vec![])
+                let items = engine.objects(&id, from, limit)?;
+                let next_after = items.last().map(|o| o.index);
+                ObjectPage { items, next_after }
             }
-        }
+            Some(status) => {
+                let (items, next) = engine.objects_with_status(&id, from, limit, status)?;
+                ObjectPage {
+                    items,
+                    next_after: next.and_then(|n| n.checked_sub(1)),
+                }
+            }
+        })
     })
     .await?;
-    let next_after = items.last().map(|o| o.index);
-    Ok(Json(ObjectPage { items, next_after }))
+    Ok(Json(page))
 }
 
 /// A page of log lines; pass `next_after` as `after` for the next page.

@@ -5,13 +5,19 @@
 pub mod audit;
 pub mod audit_records;
 pub mod auth;
+pub mod buckets;
+pub mod connections;
+pub mod demo;
 pub mod error;
+pub mod exports;
 pub mod extract;
 pub mod migrations;
 pub mod nodes;
 pub mod openapi;
 pub mod ops;
 pub mod plugins;
+pub mod session_records;
+pub mod sessions;
 pub mod sse;
 pub mod token_records;
 pub mod uploaded_plugins;
@@ -35,6 +41,8 @@ pub struct AppState {
     /// Where uploaded plugins are kept.
     pub uploaded: Box<dyn uploaded_plugins::UploadedPlugins>,
     pub tokens: TokenStore,
+    /// The web console's sign-in sessions.
+    pub sessions: sessions::SessionStore,
     pub audit: audit::AuditLog,
     /// False until start-up (plugin loading, recovery) is done.
     pub ready: AtomicBool,
@@ -65,20 +73,33 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/migrations/{id}/{action}", post(migrations::act))
         .route("/tokens", get(ops::list_tokens).post(ops::create_token))
         .route("/tokens/{name}", delete(ops::revoke_token))
+        .route(
+            "/session",
+            get(sessions::show)
+                .post(sessions::sign_in)
+                .delete(sessions::sign_out),
+        )
         .route("/audit", get(audit::list))
         .route("/nodes", get(nodes::list))
+        .route("/connections", get(connections::list))
+        .route("/buckets/{name}/import", post(buckets::import))
+        .route("/buckets/{name}/entries", get(buckets::entries))
+        .route("/demo", post(demo::plan))
         .route("/openapi.json", get(openapi::document))
         .layer(axum::middleware::from_fn(move |req, next| {
             time_limit(request_timeout, req, next)
         }))
-        // Streams stay open as long as the job runs, so they sit outside the request timeout.
+        // Streams stay open as long as the job runs (or the file lasts), so they sit outside
+        // the request timeout.
         .route("/migrations/{id}/events", get(sse::job_events))
+        .route("/migrations/{id}/export/{file}", get(exports::export))
         .route("/events", get(sse::all_events));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(crate::console::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -5,7 +5,10 @@
 //! timeout, a body over the limit, the store unavailable...) are added to every operation by
 //! [`ErrorResponses`], from one table, rather than repeated in each annotation.
 
-use super::{audit, auth, error, migrations, nodes, ops, plugins, sse};
+use super::{
+    audit, auth, buckets, connections, demo, error, exports, migrations, nodes, ops, plugins,
+    sessions, sse,
+};
 use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::openapi::path::Operation;
@@ -19,10 +22,11 @@ use utoipa::{Modify, OpenApi};
     paths(
         plugins::list, plugins::upload, plugins::show, plugins::remove,
         migrations::list, migrations::create, migrations::show, migrations::remove, migrations::act,
-        migrations::logs, migrations::objects,
+        migrations::logs, migrations::objects, exports::export, connections::list,
+        buckets::import, buckets::entries, demo::plan,
         sse::job_events, sse::all_events,
         ops::list_tokens, ops::create_token, ops::revoke_token, audit::list,
-        nodes::list, document,
+        nodes::list, sessions::sign_in, sessions::show, sessions::sign_out, document,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
@@ -32,10 +36,11 @@ use utoipa::{Modify, OpenApi};
         crate::engine::handle::StateChange,
     )),
     modifiers(&BearerAuth, &ErrorResponses),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     tags(
         (name = "migrations", description = "Create, run and inspect migrations"),
         (name = "plugins", description = "Handler components"),
+        (name = "buckets", description = "Buckets of the embedded database: import and browse"),
         (name = "events", description = "Live progress (Server-Sent Events)"),
         (name = "tokens", description = "API tokens and the audit trail (admin)"),
         (name = "operations", description = "Health, metrics, the nodes and this document"),
@@ -51,6 +56,14 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // The web console's session (`POST /api/v1/session`): every operation also accepts
+        // it, with `X-CSRF-Token` on mutating ones.
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::new(super::sessions::COOKIE),
+            )),
         );
     }
 }
@@ -74,7 +87,10 @@ fn error_answers(shape: &Shape) -> Vec<(&'static str, &'static str)> {
     )];
     if shape.authenticated {
         answers.push(("401", "No valid token"));
-        answers.push(("403", "The token's role does not allow this"));
+        answers.push((
+            "403",
+            "The token's role does not allow this, or a console request lacks its CSRF token",
+        ));
     }
     if shape.path_params {
         answers.push(("404", "No such migration, plugin or token"));
@@ -103,7 +119,7 @@ impl Modify for ErrorResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let authenticated = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
-            let streams = path.ends_with("/events");
+            let streams = path.ends_with("/events") || path.contains("/export/");
             let path_params = path.contains('{');
             let ops: [Option<&mut Operation>; 4] = [
                 item.get.as_mut(),

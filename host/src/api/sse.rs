@@ -28,6 +28,21 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What browsers should wait before reconnecting.
 pub const RETRY_HINT: Duration = Duration::from_secs(2);
 
+/// One Server-Sent Event as the stream frames it (the documented schema of each event of a
+/// `text/event-stream` answer; its `data` is JSON text).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: the frames are written by axum's `Event`
+pub struct SseFrame {
+    /// The event's sequence number (absent on `final`).
+    id: Option<String>,
+    /// The event's type: `state`, `step`, `progress`, `log`, `objects`, `audit`, `final`…
+    event: Option<String>,
+    /// The event as JSON.
+    data: String,
+    /// How long a client should wait before reconnecting, in milliseconds.
+    retry: Option<u64>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AfterQuery {
@@ -66,7 +81,7 @@ fn to_event(e: &FeedEvent) -> Event {
 #[utoipa::path(get, path = "/api/v1/migrations/{id}/events", tag = "events", operation_id = "migration_events",
     params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Replay after this sequence number (or send Last-Event-ID)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "The last event seen: the stream continues after it")),
-    responses((status = 200, description = "A text/event-stream: each event's `data` is one FeedEvent as JSON (its `id:` is the sequence number, its `event:` the type), then one `final` event whose data is the JobSnapshot", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "A text/event-stream: each event's `data` is one FeedEvent as JSON (its `id:` is the sequence number, its `event:` the type), then one `final` event whose data is the JobSnapshot", content_type = "text/event-stream", body = SseFrame)))]
 pub async fn job_events(
     State(s): State<Arc<AppState>>,
     _: AsViewer,
@@ -164,7 +179,7 @@ pub async fn job_events(
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", operation_id = "all_events",
-    responses((status = 200, description = "A text/event-stream: each `state` event's data is one StateChange as JSON; a `lagged` event says how many were missed", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "A text/event-stream: each `state` event's data is one StateChange as JSON; a `lagged` event says how many were missed", content_type = "text/event-stream", body = SseFrame)))]
 pub async fn all_events(
     State(s): State<Arc<AppState>>,
     _: AsViewer,

@@ -6,9 +6,11 @@
 //! failed.
 //!
 //! Files: `client.rs` the HTTP client, `follow.rs` the live event stream, `status.rs` the
-//! readable report, `output.rs` stdout that a closed pipe ends quietly.
+//! readable report, `data.rs` buckets and the demo, `output.rs` stdout that a closed pipe
+//! ends quietly.
 
 mod client;
+mod data;
 mod follow;
 pub(crate) mod output;
 mod status;
@@ -119,6 +121,15 @@ enum Command {
         /// Delete even if its changes could still be rolled back (the journal is lost).
         #[arg(long)]
         force: bool,
+    },
+    /// Import into and list the buckets of the server's embedded database.
+    #[command(subcommand)]
+    Bucket(data::BucketCommand),
+    /// Seed sample sessions and plan a kv-copy of them: a first migration with real data.
+    Demo {
+        /// Run it at once and follow it.
+        #[arg(long)]
+        run: bool,
     },
     /// List migrations.
     Ls {
@@ -259,6 +270,8 @@ fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
             say!("removed {plugin}");
         }
         Command::Plan(args) => plan(client, args)?,
+        Command::Bucket(command) => return data::bucket(client, command),
+        Command::Demo { run } => return data::demo(client, run),
         Command::Validate { id, wait } => {
             client.post(&format!("/migrations/{id}/validate"))?;
             if !wait {

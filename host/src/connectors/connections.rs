@@ -69,6 +69,10 @@ pub trait ConnectionProvider: Send + Sync {
     /// The configured connections by name with their kind (`sled`, `redis`, `postgres`,
     /// `http`): what an operator may grant, never how they are reached.
     fn kinds(&self) -> Vec<(String, &'static str)>;
+    /// Whether a name that is not configured means the embedded bucket of that name.
+    fn any_sled_bucket(&self) -> bool {
+        false
+    }
 }
 
 /// Where the jobs' private state buckets live (the job store's database).
@@ -213,6 +217,10 @@ impl ConnectionProvider for HostConnections {
 
     fn names(&self) -> Vec<String> {
         self.configured.keys().cloned().collect()
+    }
+
+    fn any_sled_bucket(&self) -> bool {
+        self.any_sled_bucket
     }
 
     fn kinds(&self) -> Vec<(String, &'static str)> {

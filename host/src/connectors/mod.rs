@@ -99,6 +99,12 @@ pub trait KvBucket: Send + Sync {
         false
     }
 
+    /// Wait until every write made so far is durable (a no-op where a write is durable when
+    /// it returns).
+    fn sync(&self) -> Result<(), KvBackendError> {
+        Ok(())
+    }
+
     /// Whether keys can expire. Backends that cannot (sled, memory) refuse a time to live.
     fn supports_expiry(&self) -> bool {
         false

@@ -118,6 +118,10 @@ impl KvBucket for SledBucket {
         true
     }
 
+    fn sync(&self) -> Result<(), KvBackendError> {
+        self.flush()
+    }
+
     fn count(&self, prefix: &str) -> Result<u64, KvBackendError> {
         let mut n = 0;
         for item in self.tree.scan_prefix(prefix.as_bytes()).keys() {

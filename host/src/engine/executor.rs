@@ -36,6 +36,7 @@ struct RunSetup {
     grants: Grants,
     /// The most object results one step may record.
     max_results: u64,
+    progress_hooks: Arc<std::sync::Mutex<Vec<super::FinalHook>>>,
 }
 
 /// Start executing a job already moved to `executing`; the run keeps `lease` until it ends.
@@ -107,6 +108,7 @@ fn prepare(
         max_results: inner
             .max_results_per_step
             .load(std::sync::atomic::Ordering::Relaxed),
+        progress_hooks: inner.progress_hooks.clone(),
     })
 }
 
@@ -289,6 +291,7 @@ struct RunSetupRef {
     control: Arc<RunControl>,
     grants: Grants,
     max_results: u64,
+    progress_hooks: Arc<std::sync::Mutex<Vec<super::FinalHook>>>,
 }
 
 impl From<&RunSetup> for RunSetupRef {
@@ -299,6 +302,7 @@ impl From<&RunSetup> for RunSetupRef {
             control: s.control.clone(),
             grants: s.grants.clone(),
             max_results: s.max_results,
+            progress_hooks: s.progress_hooks.clone(),
         }
     }
 }
@@ -346,7 +350,8 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
         };
         let events = Arc::new(
             StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
-                .with_max_results(setup.max_results),
+                .with_max_results(setup.max_results)
+                .with_progress_hooks(setup.progress_hooks.clone()),
         );
         let ctx = context(setup, events.clone(), checkpoint, options.step_timeout_secs);
         // Clone first: a guard inside the call expression would hold the record's lock for the
@@ -638,7 +643,8 @@ fn rollback_step(
         });
         let events = Arc::new(
             StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
-                .with_max_results(setup.max_results),
+                .with_max_results(setup.max_results)
+                .with_progress_hooks(setup.progress_hooks.clone()),
         );
         let ctx = context(setup, events.clone(), None, options.step_timeout_secs);
         let spec = handle.lock().spec.clone();

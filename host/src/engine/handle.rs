@@ -146,6 +146,8 @@ pub struct JobHandle {
     /// Held while a run is resumed, so two resumers (start-up recovery and the cluster's
     /// sweep) never start two runs of one job.
     pub(super) resuming: Mutex<()>,
+    /// When the last progress notice was sent (`webhook_progress_secs`).
+    last_progress_notice: Mutex<Option<std::time::Instant>>,
 }
 
 impl JobHandle {
@@ -166,11 +168,23 @@ impl JobHandle {
             deleted: AtomicBool::new(false),
             lease: Mutex::new(None),
             resuming: Mutex::new(()),
+            last_progress_notice: Mutex::new(None),
         })
     }
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether a progress notice may go now (none for `every`); if so, it counts as sent.
+    pub(super) fn progress_notice_due(&self, every: Duration) -> bool {
+        let mut last = self.last_progress_notice.lock().expect("notice lock");
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < every) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     pub fn store(&self) -> &Arc<dyn JobStore> {
@@ -274,6 +288,21 @@ impl JobHandle {
             }
             let seq = record.next_seq;
             record.next_seq += 1;
+            if let EventBody::Audit {
+                actor,
+                action,
+                outcome,
+            } = &body
+            {
+                record.audit.push(super::job::AuditNote {
+                    at: now,
+                    actor: actor.clone(),
+                    action: action.clone(),
+                    outcome: outcome.clone(),
+                });
+                let excess = record.audit.len().saturating_sub(super::job::AUDIT_NOTES);
+                record.audit.drain(..excess);
+            }
             if let EventBody::State { from, to, reason } = &body {
                 state_changes.push(StateChange {
                     job: record.id.clone(),

@@ -2,7 +2,7 @@
 //! ([`FeedEvent`]), and the snapshot users see ([`JobSnapshot`]).
 
 use super::options::JobOptions;
-use super::state::{JobStatus, StepStatus};
+use super::state::{Action, JobStatus, StepStatus};
 use crate::model::{LogLevel, MigrationSpec, ObjectResult, Plan, ValidationReport};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -133,6 +133,80 @@ pub struct JobRecord {
     pub logs_dropped: u64,
     /// How many object results were ever committed (their index space).
     pub object_index: u64,
+    /// The newest operator actions on the job (the feed keeps them all).
+    #[serde(default)]
+    pub audit: Vec<AuditNote>,
+}
+
+/// One operator action, as the job page shows its audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditNote {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub outcome: String,
+}
+
+/// How many audit notes a record keeps.
+pub const AUDIT_NOTES: usize = 50;
+
+/// An error as the API shows it: whether trying again can help, and what to do next.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorView {
+    #[serde(flatten)]
+    pub error: JobError,
+    /// Trying again (`retry`) may succeed without changing anything.
+    pub retryable: bool,
+    /// What an operator can do next.
+    pub advice: String,
+}
+
+impl std::ops::Deref for ErrorView {
+    type Target = JobError;
+    fn deref(&self) -> &JobError {
+        &self.error
+    }
+}
+
+impl ErrorView {
+    fn of(e: &JobError) -> ErrorView {
+        let (retryable, advice) = match e.kind.as_str() {
+            "dependency-unavailable" => (
+                true,
+                "a system the job needs did not answer or could not be reached: make it available, then retry",
+            ),
+            "timeout" | "deadline" => (
+                true,
+                "the work ran past its time limit: retry, or raise step_timeout_secs / timeout_secs first",
+            ),
+            "insufficient-resources" | "out-of-memory" | "out-of-fuel" | "limit-exceeded" => (
+                false,
+                "the plugin ran out of what the host allows: raise the limit or make the batches smaller, then retry",
+            ),
+            "data-corruption" => (
+                false,
+                "data is damaged: do not retry; roll back and look at the source",
+            ),
+            "not-resumable" => (
+                false,
+                "the step was interrupted and cannot resume: roll back, then run the job again",
+            ),
+            "invalid-spec" | "validation-failed" => (
+                false,
+                "the parameters or the data do not fit the handler: roll back, fix them, plan a new job",
+            ),
+            "cancelled" => (false, "cancelled by request: roll back what was done"),
+            _ => (
+                false,
+                "the step failed: read its log, then retry (resumes from the checkpoint) or roll back",
+            ),
+        };
+        ErrorView {
+            error: e.clone(),
+            retryable,
+            advice: advice.to_string(),
+        }
+    }
 }
 
 impl JobRecord {
@@ -278,9 +352,13 @@ pub struct JobSnapshot {
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
-    pub errors: Vec<JobError>,
+    pub errors: Vec<ErrorView>,
     pub warnings: Vec<String>,
     pub rollback_available: bool,
+    /// What may be asked of the job in its state (a role may allow less).
+    pub allowed_actions: Vec<Action>,
+    /// The newest operator actions on the job, oldest first.
+    pub audit: Vec<AuditNote>,
     pub plan: Plan,
     pub plan_hash: String,
     pub steps: Vec<StepView>,
@@ -409,9 +487,17 @@ pub fn snapshot(r: &JobRecord, now: DateTime<Utc>) -> JobSnapshot {
         start_time: r.started_at,
         end_time: r.ended_at,
         duration_ms,
-        errors: r.errors.clone(),
+        errors: r.errors.iter().map(ErrorView::of).collect(),
         warnings: r.warnings.clone(),
         rollback_available: r.rollback_available(),
+        allowed_actions: Action::ALL
+            .into_iter()
+            .filter(|a| {
+                crate::engine::state::allows(r.status, *a)
+                    && (*a != Action::Rollback || r.rollback_available())
+            })
+            .collect(),
+        audit: r.audit.clone(),
         plan: r.plan.clone(),
         plan_hash: r.plan_hash.clone(),
         steps: r

@@ -278,6 +278,7 @@ impl Engine {
             logs_kept: 0,
             logs_dropped: 0,
             object_index: 0,
+            audit: vec![],
         };
         let handle = JobHandle::new(record, self.inner.store.clone(), self.inner.changes.clone());
         // A new job's lease is this node's, for its first commit.

@@ -121,6 +121,9 @@ pub struct JobPage {
 /// The most jobs one list page holds.
 pub const MAX_PAGE: usize = 500;
 
+/// The most object results one filtered page looks at.
+pub const MAX_OBJECTS_SCANNED: usize = 5000;
+
 /// One kept log line.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
@@ -153,6 +156,8 @@ pub(crate) struct Inner {
     jobs: JobTable,
     changes: broadcast::Sender<StateChange>,
     final_hooks: Mutex<Vec<FinalHook>>,
+    /// Called with a running job's snapshot, at most once per its `webhook_progress_secs`.
+    progress_hooks: Arc<Mutex<Vec<FinalHook>>>,
     /// Slots for `plan` and `validate` calls.
     dry_calls: permits::Permits,
     /// The most object results one step may record.
@@ -246,6 +251,7 @@ impl Engine {
             defaults,
             changes,
             final_hooks: Mutex::new(vec![]),
+            progress_hooks: Default::default(),
             dry_calls: permits::Permits::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             ),
@@ -301,6 +307,11 @@ impl Engine {
         &self.inner.defaults
     }
 
+    /// The connections jobs may be granted (names and kinds are what the API shows).
+    pub fn connections(&self) -> &Arc<dyn ConnectionProvider> {
+        &self.inner.connections
+    }
+
     pub fn store(&self) -> &Arc<dyn JobStore> {
         &self.inner.store
     }
@@ -309,6 +320,16 @@ impl Engine {
     pub fn on_final(&self, hook: FinalHook) {
         self.inner
             .final_hooks
+            .lock()
+            .expect("hooks lock")
+            .push(hook);
+    }
+
+    /// Call `hook` with the snapshot of every running job that asks for progress notices
+    /// (`webhook_progress_secs`), at most that often per job.
+    pub fn on_progress(&self, hook: FinalHook) {
+        self.inner
+            .progress_hooks
             .lock()
             .expect("hooks lock")
             .push(hook);
@@ -465,6 +486,38 @@ impl Engine {
                 result: o.result,
             })
             .collect())
+    }
+
+    /// Object results with index `>= from` and status `status`, at most `limit`, looking at
+    /// no more than [`MAX_OBJECTS_SCANNED`] results: a page's cost stays bounded however rare
+    /// the status is. Also the index to continue from, `None` once every result was seen.
+    pub fn objects_with_status(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+        status: crate::model::ObjectStatus,
+    ) -> Result<(Vec<IndexedObject>, Option<u64>), EngineError> {
+        let limit = limit.clamp(1, 5000);
+        let (mut found, mut next) = (vec![], Some(from));
+        let mut scanned = 0;
+        while let Some(at) = next {
+            if found.len() >= limit || scanned >= MAX_OBJECTS_SCANNED {
+                break;
+            }
+            let page = self.objects(id, at, 1000)?;
+            next = page.last().map(|o| o.index + 1);
+            scanned += page.len();
+            for o in page {
+                if o.result.status == status && found.len() < limit {
+                    found.push(o);
+                } else if found.len() >= limit {
+                    next = Some(o.index);
+                    break;
+                }
+            }
+        }
+        Ok((found, next))
     }
 
     /// Block until the job satisfies `done` or `timeout` passes; the last snapshot either way.

@@ -62,8 +62,12 @@ pub struct JobOptions {
     pub cancel_grace_secs: u64,
     /// Newest log lines kept per job.
     pub max_log_lines: usize,
-    /// Called with the final snapshot when the job ends (besides the host's webhook).
+    /// Called with the final snapshot when the job ends (besides the host's webhook): an
+    /// `http://` or `https://` URL.
     pub webhook: Option<String>,
+    /// Also send the snapshot while the job runs, at most once per this many seconds
+    /// (0: only when it ends).
+    pub webhook_progress_secs: u64,
 }
 
 impl Default for JobOptions {
@@ -82,6 +86,7 @@ impl Default for JobOptions {
             cancel_grace_secs: 10,
             max_log_lines: 1000,
             webhook: None,
+            webhook_progress_secs: 0,
         }
     }
 }
@@ -104,10 +109,16 @@ impl JobOptions {
         if self.max_log_lines == 0 || self.max_log_lines > 1_000_000 {
             return Err("max_log_lines must be 1 to 1000000".into());
         }
-        if let Some(url) = &self.webhook
-            && !(url.starts_with("http://") && url.len() > "http://".len())
-        {
-            return Err("webhook must be an http:// URL".into());
+        if let Some(url) = &self.webhook {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(str::is_empty) || url.len() > 2000 {
+                return Err("webhook must be an http:// or https:// URL".into());
+            }
+        }
+        if self.webhook_progress_secs > 86_400 {
+            return Err("webhook_progress_secs must be at most 86400".into());
         }
         Ok(())
     }

@@ -112,6 +112,19 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 10] = [
+        Action::Validate,
+        Action::Replan,
+        Action::Execute,
+        Action::Approve,
+        Action::Pause,
+        Action::Resume,
+        Action::Cancel,
+        Action::Retry,
+        Action::Rollback,
+        Action::Delete,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Validate => "validate",

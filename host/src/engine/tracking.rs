@@ -91,6 +91,8 @@ pub struct StepEvents {
     tracking: bool,
     /// The most object results the step may record.
     max_results: u64,
+    /// Told of the job's progress when it asks for notices (`webhook_progress_secs`).
+    progress_hooks: Option<Arc<Mutex<Vec<super::FinalHook>>>>,
 }
 
 impl StepEvents {
@@ -112,6 +114,28 @@ impl StepEvents {
             pending: Mutex::new(Pending::default()),
             tracking: true,
             max_results: crate::runtime::bounds::DEFAULT_MAX_RESULTS_PER_STEP,
+            progress_hooks: None,
+        }
+    }
+
+    /// Tell `hooks` of the job's progress after commits, as often as the job asks.
+    pub fn with_progress_hooks(mut self, hooks: Arc<Mutex<Vec<super::FinalHook>>>) -> Self {
+        self.progress_hooks = Some(hooks);
+        self
+    }
+
+    /// Send a progress notice if the job asks for them and the last one is old enough.
+    fn maybe_notify_progress(&self) {
+        let Some(hooks) = &self.progress_hooks else {
+            return;
+        };
+        let every = self.handle.lock().options.webhook_progress_secs;
+        if every == 0 || !self.handle.progress_notice_due(Duration::from_secs(every)) {
+            return;
+        }
+        let snap = super::job::snapshot(&self.handle.record(), Utc::now());
+        for hook in hooks.lock().expect("hooks lock").iter() {
+            hook(&snap);
         }
     }
 
@@ -238,6 +262,7 @@ impl StepEvents {
                 if objects == CommitObjects::AtCheckpoint {
                     p.last_checkpoint_commit = Some(Instant::now());
                 }
+                self.maybe_notify_progress();
             }
             Err(e) => {
                 tracing::error!(job = %self.handle.id(), error = %e, "could not record step events");

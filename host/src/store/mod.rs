@@ -19,6 +19,7 @@ mod pg_store;
 mod records;
 mod sled_store;
 
+pub(crate) use pg_store::Client as PgClient;
 pub use pg_store::{
     FEED_CHANNEL, FeedNotice, PgJobState, PgJobStore, Pool as PgPool, connect as connect_postgres,
     probe as probe_postgres, schema as pg_schema,

@@ -13,7 +13,7 @@ pub(crate) fn json_error(what: &str, e: serde_json::Error) -> StoreError {
 
 /// The fields of a record that change rarely (creation, re-planning, a dry run, an approval):
 /// stored apart, so the commits of a running job do not rewrite them.
-const DEFINITION_FIELDS: [&str; 11] = [
+const DEFINITION_FIELDS: [&str; 12] = [
     "created_at",
     "created_by",
     "handler",
@@ -25,6 +25,7 @@ const DEFINITION_FIELDS: [&str; 11] = [
     "plan_hash",
     "dry_run",
     "approval",
+    "audit",
 ];
 
 /// A record as two JSON documents: its changing part and its definition.
