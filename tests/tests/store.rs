@@ -878,3 +878,45 @@ fn on_a_shared_store_a_write_without_the_current_lease_is_refused() {
     b.delete(&r.id, Some(2)).unwrap();
     assert!(b.get(&r.id).unwrap().is_none());
 }
+
+#[test]
+fn nodes_starting_together_all_store_the_same_bootstrap_token_without_a_conflict_error() {
+    use plover_host::api::auth::{Role, TokenInfo};
+    use plover_host::api::token_records::{PgTokens, StoredToken, TokenRecords};
+    let schema = Schema::new("tokens");
+    let pool = connect_postgres(&schema.store_url(), 16).unwrap();
+    pg_schema::migrate(&pool).unwrap();
+    // Each round: eight "nodes" insert the same first admin token at once, as a cluster
+    // whose nodes share PLOVER_BOOTSTRAP_TOKEN does on its first start.
+    for round in 0..20 {
+        let token = StoredToken {
+            sha256: format!("{round:064}"),
+            info: TokenInfo {
+                name: format!("admin-{round}"),
+                role: Role::Admin,
+                created_at: chrono::Utc::now(),
+            },
+        };
+        let barrier = std::sync::Barrier::new(8);
+        let inserted: Vec<bool> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let tokens = PgTokens::new(pool.clone());
+                        barrier.wait();
+                        tokens
+                            .insert(&token)
+                            .expect("no error from a concurrent insert")
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(
+            inserted.iter().filter(|i| **i).count(),
+            1,
+            "round {round}: exactly one node stored it"
+        );
+    }
+    assert_eq!(PgTokens::new(pool).all().unwrap().len(), 20);
+}

@@ -119,7 +119,7 @@ impl PgSessions {
 }
 
 fn pg_failure(e: postgres::Error) -> StoreError {
-    StoreError::unavailable(format!("sessions: {e}"))
+    crate::store::pg_error("sessions", e)
 }
 
 impl SessionRecords for PgSessions {

@@ -130,7 +130,7 @@ impl PgTokens {
 }
 
 fn pg_failure(e: postgres::Error) -> StoreError {
-    StoreError::unavailable(format!("tokens: {e}"))
+    crate::store::pg_error("tokens", e)
 }
 
 fn info_of(row: &postgres::Row) -> Result<TokenInfo, StoreError> {
@@ -155,8 +155,11 @@ impl TokenRecords for PgTokens {
         let inserted = self
             .client()?
             .execute(
+                // No conflict target: nodes started together all insert the same bootstrap
+                // token, and a race on the sha256 index (not the arbiter of `ON CONFLICT
+                // (name)`) raised a unique violation that stopped a node's start.
                 "INSERT INTO api_tokens (name, sha256, role, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
                 &[
                     &token.info.name,
                     &token.sha256,

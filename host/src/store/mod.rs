@@ -20,6 +20,7 @@ mod records;
 mod sled_store;
 
 pub(crate) use pg_store::Client as PgClient;
+pub(crate) use pg_store::pg_error;
 pub use pg_store::{
     FEED_CHANNEL, FeedNotice, PgJobState, PgJobStore, Pool as PgPool, connect as connect_postgres,
     probe as probe_postgres, schema as pg_schema,

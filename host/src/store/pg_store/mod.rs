@@ -30,9 +30,17 @@ use std::time::Duration;
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub(crate) type Client = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
-/// A PostgreSQL failure: a server that cannot be reached may come back.
+/// A PostgreSQL failure: a server that cannot be reached may come back. The server's own
+/// message and SQLSTATE are named (the client error alone says only "db error").
 pub(crate) fn pg_error(what: &str, e: postgres::Error) -> StoreError {
-    StoreError::unavailable(format!("{what}: {e}"))
+    match e.as_db_error() {
+        Some(db) => StoreError::unavailable(format!(
+            "{what}: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        )),
+        None => StoreError::unavailable(format!("{what}: {e}")),
+    }
 }
 
 /// A pool of connections to `url`, at most `size` of them. Connects lazily: a database that
