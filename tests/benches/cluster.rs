@@ -8,12 +8,11 @@
 
 use chrono::{DateTime, Utc};
 use plover_tests::artifacts;
-use plover_tests::bench::ServerProcess;
+use plover_tests::bench::{ServerProcess, serve_command};
 use plover_tests::services::Schema;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "bench-admin-token";
@@ -26,16 +25,8 @@ struct Node {
 }
 
 fn start(data: &Path, plugins: &Path, config: &Path) -> Node {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
-    command
-        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--plugins-dir")
-        .arg(plugins)
-        .env("PLOVER_BOOTSTRAP_TOKEN", TOKEN)
-        .env("PLOVER_LOG", "error");
+    let mut command = serve_command(env!("CARGO_BIN_EXE_plover"), data, plugins, TOKEN);
+    command.arg("--config").arg(config);
     let process = ServerProcess::spawn(command);
     let url = process.url.clone();
     let metrics = reqwest::blocking::get(format!("{url}/metrics"))

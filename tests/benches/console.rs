@@ -8,11 +8,10 @@
 //! A bench of `plover-host` because only the binary's own package gets its path from Cargo.
 
 use plover_tests::artifacts;
-use plover_tests::bench::ServerProcess;
+use plover_tests::bench::{ServerProcess, serve_command};
 use plover_tests::browser::Browser;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "bench-admin-token";
@@ -25,14 +24,7 @@ struct Server {
 
 impl Server {
     fn start(data: &Path, plugins: &Path) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
-        command
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .arg("--plugins-dir")
-            .arg(plugins)
-            .env("PLOVER_BOOTSTRAP_TOKEN", TOKEN)
-            .env("PLOVER_LOG", "error");
+        let command = serve_command(env!("CARGO_BIN_EXE_plover"), data, plugins, TOKEN);
         let process = ServerProcess::spawn(command);
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))

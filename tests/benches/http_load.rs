@@ -8,24 +8,16 @@
 
 use chrono::{DateTime, Utc};
 use plover_tests::artifacts;
-use plover_tests::bench::ServerProcess;
+use plover_tests::bench::{ServerProcess, serve_command};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "bench-admin-token";
 
 fn start(data: &Path, plugins: &Path) -> ServerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
-    command
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--plugins-dir")
-        .arg(plugins)
-        .env("PLOVER_BOOTSTRAP_TOKEN", TOKEN)
-        .env("PLOVER_LOG", "error");
+    let command = serve_command(env!("CARGO_BIN_EXE_plover"), data, plugins, TOKEN);
     ServerProcess::spawn(command)
 }
 

@@ -38,6 +38,25 @@ pub mod bench {
         pub url: String,
     }
 
+    /// `plover serve` on a free loopback port over `data` and `plugins`, its first admin
+    /// token `token`, logging only errors: what each benchmark starts (and adds to).
+    pub fn serve_command(
+        plover: &str,
+        data: &std::path::Path,
+        plugins: &std::path::Path,
+        token: &str,
+    ) -> std::process::Command {
+        let mut command = std::process::Command::new(plover);
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("--plugins-dir")
+            .arg(plugins)
+            .env("PLOVER_BOOTSTRAP_TOKEN", token)
+            .env("PLOVER_LOG", "error");
+        command
+    }
+
     impl ServerProcess {
         /// Spawn `command` (a `plover serve …`) and wait until it says it is listening.
         pub fn spawn(mut command: std::process::Command) -> ServerProcess {
