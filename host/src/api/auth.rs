@@ -148,11 +148,7 @@ impl TokenStore {
         state: &Arc<AppState>,
         token: &str,
     ) -> Result<Option<TokenInfo>, AppError> {
-        if state.tokens.records.in_memory() {
-            return Ok(state.tokens.check(token)?);
-        }
-        let (state, token) = (state.clone(), token.to_string());
-        super::extract::blocking(move || Ok(state.tokens.check(&token)?)).await
+        Self::check_hash_from_async(state, &hash(token)).await
     }
 }
 
