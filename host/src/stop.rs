@@ -62,15 +62,20 @@ impl LeaseClock {
         LeaseClock(Arc::new(AtomicU64::new(ticks(until))))
     }
 
-    /// Valid until `until`, if that is later than now and the clock was not expired: an
-    /// expired clock stays so (a lease claimed again gets a clock of its own).
-    pub fn extend_to(&self, until: Instant) {
+    /// Valid until `until`, if that is later and the clock is still valid; whether it is.
+    /// A clock that ran out or was expired stays so, even if the renewal that would have
+    /// kept it arrives a moment later: calls bound to it were already stopped, so the run
+    /// must hand the job over rather than carry on as if nothing happened (a lease claimed
+    /// again gets a clock of its own).
+    pub fn extend_to(&self, until: Instant) -> bool {
         let until = ticks(until);
-        let _ = self
-            .0
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
-                (now != 0 && until > now).then_some(until)
-            });
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |deadline| {
+                let valid = ticks(Instant::now()) < deadline;
+                (valid && until > deadline).then_some(until)
+            })
+            .is_ok()
+            || self.is_valid()
     }
 
     /// No longer valid, for good.
@@ -98,13 +103,23 @@ mod tests {
         let lease = LeaseClock::until(Instant::now() + Duration::from_millis(30));
         let stop = ForceStop::bounded_by(lease.clone());
         assert!(!stop.is_triggered());
-        std::thread::sleep(Duration::from_millis(40));
+        assert!(lease.extend_to(Instant::now() + Duration::from_millis(60)));
+        assert!(
+            lease.remaining() > Duration::from_millis(40),
+            "renewed in time"
+        );
+        std::thread::sleep(Duration::from_millis(80));
         assert!(stop.is_triggered(), "the lease ran out");
-        lease.extend_to(Instant::now() + Duration::from_secs(5));
-        assert!(!stop.is_triggered(), "renewed");
+        assert!(
+            !lease.extend_to(Instant::now() + Duration::from_secs(5)),
+            "a renewal that comes too late does not revive the lease"
+        );
+        assert!(stop.is_triggered(), "a lease that ran out stays so");
+        let lease = LeaseClock::until(Instant::now() + Duration::from_secs(5));
+        let stop = ForceStop::bounded_by(lease.clone());
         lease.expire();
         assert!(stop.is_triggered());
-        lease.extend_to(Instant::now() + Duration::from_secs(5));
+        assert!(!lease.extend_to(Instant::now() + Duration::from_secs(5)));
         assert!(stop.is_triggered(), "an expired lease stays expired");
         let unbound = ForceStop::new();
         assert!(!unbound.is_triggered());

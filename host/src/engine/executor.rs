@@ -227,12 +227,19 @@ fn execute(setup: RunSetup) {
                 events.push(move_to(rec, *to, reason.clone()));
             }
             Err(reason) => {
-                if stop == Some(StopReason::Timeout) {
+                // A failed step recorded its own error; anything else says here why the run
+                // ended, so a job never fails (or rolls back) with an empty error list.
+                if stop == Some(StopReason::Timeout) || !failed {
                     rec.errors.push(JobError {
                         at: Utc::now(),
                         step: None,
                         phase: "engine".into(),
-                        kind: "timeout".into(),
+                        kind: if stop == Some(StopReason::Timeout) {
+                            "timeout"
+                        } else {
+                            "internal"
+                        }
+                        .into(),
                         message: reason.clone(),
                     });
                 }

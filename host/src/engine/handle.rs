@@ -58,8 +58,17 @@ impl RunControl {
 
     /// The run is handing the job to another node (asked to, or its lease ran out): it must
     /// change nothing more.
+    /// Once true it stays true: a lease that ran out stopped the run's calls, and a renewal
+    /// arriving afterwards must not make the stopped steps look failed.
     pub fn is_handing_off(&self) -> bool {
-        self.stop_reason() == Some(StopReason::Handoff) || self.force.lease_ran_out()
+        if self.stop_reason() == Some(StopReason::Handoff) {
+            return true;
+        }
+        if self.force.lease_ran_out() {
+            self.hand_off();
+            return true;
+        }
+        false
     }
 
     pub fn stop_reason(&self) -> Option<StopReason> {
@@ -393,5 +402,26 @@ pub fn move_to(record: &mut JobRecord, to: JobStatus, reason: impl Into<String>)
         from: Some(from),
         to,
         reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_run_whose_lease_ran_out_keeps_handing_off_after_a_late_renewal() {
+        let lease = LeaseClock::until(Instant::now() + Duration::from_millis(20));
+        let control = RunControl::bounded_by(Some(lease.clone()));
+        assert!(!control.is_handing_off());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(control.is_handing_off(), "the lease ran out");
+        lease.extend_to(Instant::now() + Duration::from_secs(5));
+        assert!(
+            control.is_handing_off(),
+            "a renewal arriving after the run was stopped does not make it carry on"
+        );
+        assert_eq!(control.stop_reason(), Some(StopReason::Handoff));
     }
 }

@@ -186,12 +186,13 @@ impl JobHandle {
             .map(|l| l.epoch)
     }
 
-    /// The lease at `epoch` was renewed: valid until `until`.
-    pub(super) fn renewed(&self, epoch: u64, until: Instant) {
-        if let Some(l) = self.lease.lock().expect("lease lock").as_ref()
-            && l.epoch == epoch
-        {
-            l.clock.extend_to(until);
+    /// The lease at `epoch` was renewed in the database: valid here until `until`, unless
+    /// its clock ran out before the renewal arrived (then this node's calls for the job were
+    /// already stopped, and it must hand the job over). Whether it is still valid.
+    pub(super) fn renewed(&self, epoch: u64, until: Instant) -> bool {
+        match self.lease.lock().expect("lease lock").as_ref() {
+            Some(l) if l.epoch == epoch => l.clock.extend_to(until),
+            _ => true,
         }
     }
 

@@ -165,7 +165,21 @@ impl Engine {
                 .iter()
                 .any(|(id, e)| id == handle.id() && *e == epoch)
             {
-                handle.renewed(epoch, until);
+                if !handle.renewed(epoch, until) {
+                    // The database still says the lease is ours, but its clock here ran out
+                    // first and the run stopped: give it back so a node (this one, too)
+                    // resumes the job from its checkpoints, rather than renewing a lease
+                    // nobody works under.
+                    tracing::warn!(
+                        job = handle.id(),
+                        epoch,
+                        "the job's lease ran out here before it was renewed; handing the job over"
+                    );
+                    handle.lease_lost(epoch);
+                    if let Some(own) = self.inner.ownership() {
+                        own.release(handle.id(), epoch);
+                    }
+                }
             } else {
                 tracing::warn!(
                     job = handle.id(),

@@ -44,11 +44,11 @@ pub enum Store {
     Postgres,
 }
 
-struct Env {
-    engine: Engine,
+pub(crate) struct Env {
+    pub(crate) engine: Engine,
     buckets: SledBuckets,
     /// The PostgreSQL store's schema and this node's place in its cluster.
-    cluster: Option<(Arc<Cluster>, Schema)>,
+    pub(crate) cluster: Option<(Arc<Cluster>, Schema)>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,6 +61,11 @@ impl Drop for Env {
 }
 
 fn env() -> Env {
+    env_with_lease(Duration::from_secs(5))
+}
+
+/// With the PostgreSQL store, a node whose leases last `lease`.
+pub(crate) fn env_with_lease(lease: Duration) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = plover_host::store::open_database(dir.path()).unwrap();
     let buckets = SledBuckets::new(db.clone());
@@ -89,7 +94,7 @@ fn env() -> Env {
                 &url,
                 ClusterConfig {
                     node_name: "engine-test".into(),
-                    lease: Duration::from_secs(5),
+                    lease,
                     api_url: None,
                 },
             );
@@ -114,8 +119,9 @@ fn env() -> Env {
     }
 }
 
+#[allow(dead_code)] // some are used by one including crate only
 impl Env {
-    fn stepper(&self, steps: Value, options: Value) -> Result<JobSnapshot, EngineError> {
+    pub(crate) fn stepper(&self, steps: Value, options: Value) -> Result<JobSnapshot, EngineError> {
         self.engine.create(
             NewMigration {
                 handler: "stepper@^0.1".into(),
@@ -129,7 +135,7 @@ impl Env {
     }
 
     /// Wait until the job has no background run and is in a state that waits for a person.
-    fn settle(&self, id: &str) -> JobSnapshot {
+    pub(crate) fn settle(&self, id: &str) -> JobSnapshot {
         let snap = self
             .engine
             .wait_until(id, WAIT, |s| !s.status.is_running())
@@ -160,7 +166,7 @@ impl Env {
             .collect()
     }
 
-    fn states(&self, id: &str) -> Vec<JobStatus> {
+    pub(crate) fn states(&self, id: &str) -> Vec<JobStatus> {
         self.engine
             .events_after(id, 0, 100_000)
             .unwrap()
