@@ -157,28 +157,37 @@ pub trait Handler {
     fn rollback(spec: MigrationSpec, step: PlanStep) -> Result<StepReport, MigrationError>;
 }
 
+/// Runs one call of the handler, then flushes stdout: the host logs what a plugin prints line
+/// by line, and the instance ends with the call, so a last `print!` without a newline would
+/// otherwise stay in the buffer and never be seen.
+fn flushed<R>(call: impl FnOnce() -> R) -> R {
+    let result = call();
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    result
+}
+
 impl<T: Handler> Guest for T {
     fn describe() -> PluginInfo {
-        T::describe()
+        flushed(T::describe)
     }
     fn plan(spec: MigrationSpec) -> Result<MigrationPlan, MigrationError> {
-        T::plan(spec)
+        flushed(|| T::plan(spec))
     }
     fn validate(
         spec: MigrationSpec,
         plan: MigrationPlan,
     ) -> Result<ValidationReport, MigrationError> {
-        T::validate(spec, plan)
+        flushed(|| T::validate(spec, plan))
     }
     fn execute(
         spec: MigrationSpec,
         step: PlanStep,
         checkpoint: Option<Vec<u8>>,
     ) -> Result<StepReport, MigrationError> {
-        T::execute(spec, step, checkpoint)
+        flushed(|| T::execute(spec, step, checkpoint))
     }
     fn rollback(spec: MigrationSpec, step: PlanStep) -> Result<StepReport, MigrationError> {
-        T::rollback(spec, step)
+        flushed(|| T::rollback(spec, step))
     }
 }
 

@@ -249,6 +249,59 @@ fn panic_in_execute_names_the_step() {
 }
 
 #[test]
+fn what_a_plugin_prints_reaches_the_job_log_line_by_line() {
+    let mut h = TestHarness::load_in(runtime(), artifacts::MISBEHAVE, tight_limits()).unwrap();
+    let spec = h.spec("misbehave", json!({ "mode": "print", "size": 2 }));
+    h.bucket("data");
+    h.plugin.plan(&h.context(None), &spec).unwrap().unwrap();
+    assert_eq!(
+        h.events.log_lines(),
+        [
+            "[stdout] out 0 during plan",
+            "[stderr] err 0 during plan",
+            "[stdout] out 1 during plan",
+            "[stderr] err 1 during plan",
+            "[stdout] unfinished",
+        ]
+    );
+}
+
+#[test]
+fn a_chatty_plugin_adds_a_bounded_number_of_lines_to_the_log() {
+    let h =
+        TestHarness::load_in(runtime(), artifacts::MISBEHAVE, SandboxLimits::default()).unwrap();
+    let spec = h.spec("misbehave", json!({ "mode": "print", "size": 5_000 }));
+    h.plugin.plan(&h.context(None), &spec).unwrap().unwrap();
+    let lines = h.events.log_lines();
+    assert!(lines.len() <= 501, "{} lines", lines.len());
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("more lines to stdout/stderr"),
+        "{:?}",
+        lines.last()
+    );
+}
+
+#[test]
+fn a_panic_message_reaches_both_the_log_and_the_error() {
+    let (h, spec) = misbehave("panic");
+    let err = h.plugin.plan(&h.context(None), &spec).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("misbehave was told to panic during plan")
+    );
+    let lines = h.events.log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[stderr] ") && l.contains("misbehave was told to panic")),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn fuel_limit_stops_a_busy_plugin_when_metering_is_on() {
     let rt = Arc::new(
         Runtime::new(RuntimeConfig {

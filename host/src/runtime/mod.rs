@@ -14,6 +14,7 @@ mod clock;
 pub mod contract;
 pub mod error;
 pub mod events;
+pub(crate) mod guest_output;
 pub(crate) mod host_imports;
 pub mod plugin;
 pub mod registry;

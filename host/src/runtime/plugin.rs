@@ -5,10 +5,11 @@ use super::clock::WaitLimit;
 use super::contract::v0_1::{self, HandlerPlugin, HandlerPluginPre};
 use super::error::{Call, PluginError, PluginFailure};
 use super::events::{ForceStop, JobEvents};
+use super::guest_output::GuestOutput;
 use super::host_imports::{
     Access, CallState, ConnectorFailure, JobScope, LimitExceeded, StoreCorruption,
 };
-use super::sandbox::{CallLimiter, GuestStderr, SandboxLimits, wasi_context};
+use super::sandbox::{CallLimiter, SandboxLimits, wasi_context};
 use crate::connectors::Grants;
 use crate::model;
 use semver::Version;
@@ -373,14 +374,14 @@ impl CallTarget<'_> {
             limits.call_timeout = limits.call_timeout.min(t);
         }
         let limits = &limits;
-        let stderr = GuestStderr::default();
+        let output = GuestOutput::to_log(job.map(|j| j.events.clone()));
         let deadline = Instant::now() + limits.call_timeout;
         let force_stop = job.map(|j| j.force_stop.clone()).unwrap_or_default();
         let state = CallState {
-            wasi: wasi_context(&stderr),
+            wasi: wasi_context(&output),
             table: ResourceTable::new(),
             limiter: CallLimiter::new(limits),
-            stderr,
+            output,
             access,
             job: job.map(|j| JobScope {
                 grants: j.grants.clone(),
@@ -423,6 +424,7 @@ impl CallTarget<'_> {
         let instance = match pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => {
+                store.data().output.finish();
                 let cause = classify(&e, &store, limits);
                 let cause = match cause {
                     PluginFailure::Trap { message, .. } => PluginFailure::Instantiate { message },
@@ -432,6 +434,7 @@ impl CallTarget<'_> {
             }
         };
         let outcome = f(&mut store, &instance);
+        store.data().output.finish();
         // Connector transactions end with the call: committed only if it succeeded.
         let succeeded = matches!(&outcome, Ok(r) if r.succeeded());
         let commit = access == Access::ReadWrite && succeeded;
@@ -507,7 +510,7 @@ fn classify(
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return PluginFailure::Exited { code: exit.0 };
     }
-    let stderr = state.stderr.text();
+    let stderr = state.output.stderr_text();
     let trap = err.downcast_ref::<Trap>();
     if format!("{err:#}").contains("fuel allocated for hostcalls has been exhausted") {
         return PluginFailure::LimitExceeded {

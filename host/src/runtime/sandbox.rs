@@ -1,13 +1,10 @@
 //! The sandbox one plugin call runs in: resource limits, the WASI context it sees (no files,
-//! no environment, no network, no inherited stdio), and the capture of its stderr.
+//! no environment, no network, no inherited stdio: its output goes to `guest_output`).
 
+use super::guest_output::{GuestOutput, Stream};
 use serde::{Deserialize, Serialize};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 /// Per-plugin limits. The defaults are safe; an operator may tighten (or loosen) them.
@@ -103,66 +100,12 @@ impl ResourceLimiter for CallLimiter {
     }
 }
 
-/// How much of a guest's stderr the host keeps, the tail being what explains a panic.
-const STDERR_KEEP: usize = 16 * 1024;
-
-/// The tail of what a guest wrote to stderr. Writes never fail (a full buffer drops the
-/// oldest bytes), so a chatty guest cannot make its own `eprintln!` panic.
-#[derive(Clone, Default)]
-pub(crate) struct GuestStderr {
-    tail: Arc<Mutex<Vec<u8>>>,
-}
-
-impl GuestStderr {
-    pub(crate) fn text(&self) -> String {
-        let tail = self.tail.lock().expect("stderr lock");
-        String::from_utf8_lossy(&tail).trim().to_string()
-    }
-
-    fn append(&self, bytes: &[u8]) {
-        let mut tail = self.tail.lock().expect("stderr lock");
-        tail.extend_from_slice(bytes);
-        if tail.len() > STDERR_KEEP {
-            let excess = tail.len() - STDERR_KEEP;
-            tail.drain(..excess);
-        }
-    }
-}
-
-impl IsTerminal for GuestStderr {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestStderr {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl tokio::io::AsyncWrite for GuestStderr {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.append(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// The WASI a guest gets: clocks and randomness; stdout discarded; stderr captured; no
+/// The WASI a guest gets: clocks and randomness; stdout and stderr to `output`; no
 /// arguments, environment, preopened directories, sockets or name lookups.
-pub(crate) fn wasi_context(stderr: &GuestStderr) -> WasiCtx {
+pub(crate) fn wasi_context(output: &GuestOutput) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
-    b.stderr(stderr.clone())
+    b.stdout(output.stream(Stream::Stdout))
+        .stderr(output.stream(Stream::Stderr))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)

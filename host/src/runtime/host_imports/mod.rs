@@ -20,7 +20,8 @@ pub use sql::OpenSql;
 use super::bounds;
 use super::contract::v0_1::plover::migration::{job, types};
 use super::events::JobEvents;
-use super::sandbox::{CallLimiter, GuestStderr};
+use super::guest_output::GuestOutput;
+use super::sandbox::CallLimiter;
 use crate::connectors::Grants;
 use crate::connectors::sql::SqlTransaction;
 use crate::model::{LogLevel, ObjectResult};
@@ -62,7 +63,8 @@ pub struct CallState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: CallLimiter,
-    pub(crate) stderr: GuestStderr,
+    /// The guest's stdout and stderr.
+    pub(crate) output: GuestOutput,
     pub(crate) access: Access,
     /// `None` for `describe`, which works for no job.
     pub(crate) job: Option<JobScope>,
