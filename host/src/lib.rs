@@ -29,6 +29,7 @@ pub mod console;
 pub mod engine;
 pub mod metrics;
 pub mod model;
+pub mod plugin_check;
 pub mod runtime;
 pub mod server;
 pub mod startup;

@@ -14,4 +14,5 @@ mod durability;
 mod hardening;
 mod kill;
 mod pg_store;
+mod plugin_test;
 mod sandbox;

@@ -13,6 +13,7 @@ mod client;
 mod data;
 mod follow;
 pub(crate) mod output;
+mod plugin_test;
 mod status;
 
 use crate::config::Config;
@@ -150,6 +151,10 @@ enum PluginCommand {
     Show { plugin: String },
     /// Remove one plugin: NAME@VERSION.
     Rm { plugin: String },
+    /// Check a handler's whole lifecycle here, without a server: plan, dry run, every
+    /// step, rollback, and (with --crash-at) a crash and resume. Exit status 0 when it
+    /// passed, 1 when a check failed, 2 when it could not run.
+    Test(plugin_test::PluginTestArgs),
 }
 
 #[derive(clap::Args)]
@@ -199,6 +204,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Plugin(PluginCommand::Test(args)) => plugin_test::plugin_test(args),
         command => {
             let client = Client {
                 base: cli.server.trim_end_matches('/').to_string(),
@@ -228,7 +234,9 @@ fn act(client: &Client, id: &str, action: &str) -> Result<(), CliError> {
 
 fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
     match command {
-        Command::Serve { .. } => unreachable!("handled in main"),
+        Command::Serve { .. } | Command::Plugin(PluginCommand::Test(_)) => {
+            unreachable!("handled in main")
+        }
         Command::Plugin(PluginCommand::Add { file }) => {
             let bytes =
                 std::fs::read(&file).map_err(|e| CliError(format!("{}: {e}", file.display())))?;

@@ -790,7 +790,7 @@ fn new_step_states(plan: &Plan) -> Vec<StepState> {
 }
 
 /// What a handler is told of the job's options.
-fn handler_options(o: &JobOptions) -> MigrationOptions {
+pub(crate) fn handler_options(o: &JobOptions) -> MigrationOptions {
     MigrationOptions {
         dry_run: o.dry_run,
         validation_level: o.validation_level,

@@ -33,8 +33,8 @@ pub mod state;
 mod table;
 pub mod tracking;
 
-pub(crate) use lifecycle::truncated;
 pub use lifecycle::{DeleteMode, MAX_JSON_DEPTH, MAX_SPEC_BYTES, NewMigration};
+pub(crate) use lifecycle::{handler_options, truncated};
 pub use remote::Request;
 
 use crate::connectors::{ConnectionProvider, Grants};
