@@ -74,6 +74,12 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// A PEM certificate authority trusted for `https` webhooks besides the system's roots.
     pub webhook_ca_cert: Option<PathBuf>,
+    /// Refuse every plugin (uploaded or from a directory) not signed by a trusted key.
+    pub require_signed: bool,
+    /// Public keys of trusted plugin signers, by name: base64 of the 32-byte ed25519 key (as
+    /// `plover plugin keygen` prints it) or a PEM `PUBLIC KEY`. A plugin's API view names the
+    /// key that signed it.
+    pub trusted_keys: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -114,6 +120,8 @@ impl Default for Config {
             webhook: None,
             webhook_secret: None,
             webhook_ca_cert: None,
+            require_signed: false,
+            trusted_keys: BTreeMap::new(),
         }
     }
 }

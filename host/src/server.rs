@@ -73,7 +73,7 @@ fn load_plugins(
     uploaded.for_each(&|_| false, &mut |from, bytes, meta| {
         loaded(
             from,
-            runtime.load_bytes(&bytes),
+            runtime.load_signed(&bytes, meta.signature.as_ref()),
             meta.publisher,
             meta.claimed,
         )
@@ -97,7 +97,7 @@ pub fn sync_uploaded_plugins(state: &AppState) -> anyhow::Result<()> {
         &|sha| registry.by_sha256(sha).is_some(),
         &mut |from, bytes, meta| match state
             .runtime
-            .load_bytes(&bytes)
+            .load_signed(&bytes, meta.signature.as_ref())
             .map_err(anyhow::Error::from)
             .and_then(|p| Ok(registry.insert_from(p, meta.publisher, meta.claimed)?))
         {
@@ -134,6 +134,11 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         cache_dir: Some(config.data_dir.join("cache")),
         fuel_metering: config.fuel_metering,
         default_limits: config.limits.clone(),
+        trust: crate::runtime::signing::TrustPolicy::new(
+            config.require_signed,
+            &config.trusted_keys,
+        )
+        .map_err(anyhow::Error::msg)?,
         ..RuntimeConfig::default()
     })?);
     let registry = Arc::new(PluginRegistry::new());

@@ -16,3 +16,4 @@ mod kill;
 mod pg_store;
 mod plugin_test;
 mod sandbox;
+mod signing;

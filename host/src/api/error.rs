@@ -199,6 +199,7 @@ impl From<LoadError> for AppError {
             LoadError::UnsupportedImport { .. } => "unsupported-import",
             LoadError::Describe(_) => "describe-failed",
             LoadError::BadInfo(_) => "bad-plugin-info",
+            LoadError::Signature(_) => "signature-refused",
             LoadError::Io { .. } | LoadError::Internal(_) => {
                 return AppError::internal(e.to_string());
             }

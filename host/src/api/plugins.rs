@@ -9,6 +9,7 @@ use super::AppState;
 use super::auth::{AsAdmin, AsViewer};
 use super::error::AppError;
 use super::extract::{ApiPath, ApiQuery, blocking};
+use crate::runtime::signing::PluginSignature;
 use crate::runtime::{LoadedPlugin, PluginSummary, Publisher};
 use axum::Json;
 use axum::body::Bytes;
@@ -88,6 +89,9 @@ pub struct StoredPluginMeta {
     pub publisher: Publisher,
     /// The upload took over a name another publisher had.
     pub claimed: bool,
+    /// The signature it was uploaded with, checked again whenever it is loaded.
+    #[serde(default)]
+    pub signature: Option<PluginSignature>,
 }
 
 #[derive(Deserialize)]
@@ -97,17 +101,39 @@ pub struct UploadQuery {
     claim: bool,
 }
 
+/// The header an upload carries its signature in: the `.wasm.sig` file, base64-encoded.
+pub const SIGNATURE_HEADER: &str = "plover-signature";
+
+fn signature_header(headers: &axum::http::HeaderMap) -> Result<Option<PluginSignature>, AppError> {
+    use base64::Engine as _;
+    let Some(value) = headers.get(SIGNATURE_HEADER) else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        AppError::bad_request(format!(
+            "the {SIGNATURE_HEADER} header must be the signature file in base64: {why}"
+        ))
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value.as_bytes())
+        .map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(decoded).map_err(|e| bad(e.to_string()))?;
+    crate::runtime::signing::parse(&text).map(Some).map_err(bad)
+}
+
 /// Validate, precompile and store a component; 201 with its summary (200 if already loaded).
 #[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", operation_id = "upload_plugin",
-    params(("claim" = Option<bool>, Query, description = "Take over a plugin name that another publisher (e.g. the bundled plugins) owns")),
+    params(("claim" = Option<bool>, Query, description = "Take over a plugin name that another publisher (e.g. the bundled plugins) owns"),
+        ("plover-signature" = Option<String>, Header, description = "The plugin's signature file (`plover plugin sign`), base64-encoded; required when the host requires signed plugins")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component's bytes (any content type is accepted, e.g. application/wasm)"),
     responses((status = 201, body = PluginView), (status = 200, description = "Already loaded", body = PluginView),
         (status = 409, description = "That name and version exist with other bytes, or the name belongs to another publisher", body = super::error::ErrorBody),
-        (status = 422, description = "Not a compatible handler component", body = super::error::ErrorBody)))]
+        (status = 422, description = "Not a compatible handler component, or its signature is refused (`signature-refused`)", body = super::error::ErrorBody)))]
 pub async fn upload(
     State(s): State<Arc<AppState>>,
     AsAdmin(caller): AsAdmin,
     ApiQuery(q): ApiQuery<UploadQuery>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let bytes =
@@ -117,15 +143,17 @@ pub async fn upload(
             "send the component's bytes as the request body",
         ));
     }
+    let signature = signature_header(&headers)?;
     let state = s.clone();
     blocking(move || {
-        let plugin = state.runtime.load_bytes(&bytes)?;
+        let plugin = state.runtime.load_signed(&bytes, signature.as_ref())?;
         let registry = state.engine.registry();
         let known = registry.by_sha256(plugin.sha256()).is_some();
         let plugin = registry.insert_from(plugin, Publisher::Uploaded, q.claim)?;
         let meta = StoredPluginMeta {
             publisher: Publisher::Uploaded,
             claimed: q.claim,
+            signature,
         };
         if let Err(e) = state.uploaded.save(plugin.sha256(), &bytes, &meta) {
             if !known {

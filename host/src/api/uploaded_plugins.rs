@@ -125,6 +125,7 @@ impl UploadedPlugins for PluginDir {
                 .unwrap_or(StoredPluginMeta {
                     publisher: Publisher::Uploaded,
                     claimed: false,
+                    signature: None,
                 });
             each(path.display().to_string(), bytes, meta);
         }
@@ -160,15 +161,19 @@ impl UploadedPlugins for PgPlugins {
             .get()
             .map_err(pg_failure)?
             .execute(
-                "INSERT INTO uploaded_plugins (sha256, bytes, publisher, claimed)
-                 VALUES ($1, $2, $3, $4)
+                "INSERT INTO uploaded_plugins (sha256, bytes, publisher, claimed, signature)
+                 VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (sha256) DO UPDATE SET publisher = EXCLUDED.publisher,
-                     claimed = EXCLUDED.claimed",
+                     claimed = EXCLUDED.claimed, signature = EXCLUDED.signature",
                 &[
                     &sha256,
                     &bytes,
                     &publisher_text(&meta.publisher),
                     &meta.claimed,
+                    &meta
+                        .signature
+                        .as_ref()
+                        .and_then(|s| serde_json::to_string(s).ok()),
                 ],
             )
             .map_err(pg_failure)?;
@@ -210,7 +215,8 @@ impl UploadedPlugins for PgPlugins {
         for sha in shas.into_iter().filter(|s| !skip(s)) {
             let Some(row) = client
                 .query_opt(
-                    "SELECT bytes, publisher, claimed FROM uploaded_plugins WHERE sha256 = $1",
+                    "SELECT bytes, publisher, claimed, signature FROM uploaded_plugins
+                     WHERE sha256 = $1",
                     &[&sha],
                 )
                 .map_err(pg_failure)?
@@ -222,6 +228,9 @@ impl UploadedPlugins for PgPlugins {
                 publisher: serde_json::from_value(serde_json::Value::String(publisher))
                     .unwrap_or(Publisher::Uploaded),
                 claimed: row.get(2),
+                signature: row
+                    .get::<_, Option<String>>(3)
+                    .and_then(|s| crate::runtime::signing::parse(&s).ok()),
             };
             each(
                 format!("the store database, sha256 {sha}"),

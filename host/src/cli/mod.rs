@@ -13,6 +13,7 @@ mod client;
 mod data;
 mod follow;
 pub(crate) mod output;
+mod plugin_sign;
 mod plugin_test;
 mod status;
 
@@ -143,7 +144,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Upload a component (.wasm).
+    /// Upload a component (.wasm), with its signature (FILE.sig) when there is one.
     Add { file: PathBuf },
     /// List loaded plugins.
     List,
@@ -155,6 +156,23 @@ enum PluginCommand {
     /// step, rollback, and (with --crash-at) a crash and resume. Exit status 0 when it
     /// passed, 1 when a check failed, 2 when it could not run.
     Test(plugin_test::PluginTestArgs),
+    /// Make a signing key: a PKCS#8 PEM private key file, and its public key printed for the
+    /// operators' trusted_keys.
+    Keygen {
+        /// Where to write the private key (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a component with a private key (from keygen or `openssl genpkey -algorithm
+    /// ed25519`), writing FILE.sig beside it.
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signature (default FILE.sig).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -205,6 +223,10 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Plugin(PluginCommand::Test(args)) => plugin_test::plugin_test(args),
+        Command::Plugin(PluginCommand::Keygen { out }) => plugin_sign::keygen(&out),
+        Command::Plugin(PluginCommand::Sign { file, key, out }) => {
+            plugin_sign::sign(&file, &key, out)
+        }
         command => {
             let client = Client {
                 base: cli.server.trim_end_matches('/').to_string(),
@@ -234,23 +256,40 @@ fn act(client: &Client, id: &str, action: &str) -> Result<(), CliError> {
 
 fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
     match command {
-        Command::Serve { .. } | Command::Plugin(PluginCommand::Test(_)) => {
+        Command::Serve { .. }
+        | Command::Plugin(
+            PluginCommand::Test(_) | PluginCommand::Keygen { .. } | PluginCommand::Sign { .. },
+        ) => {
             unreachable!("handled in main")
         }
         Command::Plugin(PluginCommand::Add { file }) => {
             let bytes =
                 std::fs::read(&file).map_err(|e| CliError(format!("{}: {e}", file.display())))?;
-            let p = client.send(
-                client
-                    .request(reqwest::Method::POST, "/plugins")
-                    .header("content-type", "application/wasm")
-                    .body(bytes),
-            )?;
+            let mut request = client
+                .request(reqwest::Method::POST, "/plugins")
+                .header("content-type", "application/wasm");
+            let sig_path = plugin_sign::signature_path(&file, None);
+            match std::fs::read(&sig_path) {
+                Ok(sig) => {
+                    use base64::Engine as _;
+                    request = request.header(
+                        crate::api::plugins::SIGNATURE_HEADER,
+                        base64::engine::general_purpose::STANDARD.encode(sig),
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CliError(format!("{}: {e}", sig_path.display()))),
+            }
+            let p = client.send(request.body(bytes))?;
             say!(
-                "loaded {}@{} sha256:{}",
+                "loaded {}@{} sha256:{}{}",
                 p["name"].as_str().unwrap_or("?"),
                 p["version"].as_str().unwrap_or("?"),
-                p["sha256"].as_str().unwrap_or("?")
+                p["sha256"].as_str().unwrap_or("?"),
+                p["signed_by"]
+                    .as_str()
+                    .map(|s| format!(", signed by {s}"))
+                    .unwrap_or_default()
             );
         }
         Command::Plugin(PluginCommand::List) => {

@@ -149,4 +149,6 @@ pub enum LoadError {
     },
     #[error("internal error while loading: {0}")]
     Internal(String),
+    #[error("signature: {0}")]
+    Signature(super::signing::SignatureRefusal),
 }

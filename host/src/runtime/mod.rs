@@ -19,6 +19,7 @@ pub(crate) mod host_imports;
 pub mod plugin;
 pub mod registry;
 pub mod sandbox;
+pub mod signing;
 pub mod stats;
 
 pub use cache::CacheOutcome;
@@ -60,6 +61,8 @@ pub struct RuntimeConfig {
     pub default_limits: SandboxLimits,
     /// Deadline of `describe` when a plugin is loaded.
     pub describe_timeout: Duration,
+    /// Which plugin signers are trusted, and whether unsigned plugins load.
+    pub trust: signing::TrustPolicy,
 }
 
 impl Default for RuntimeConfig {
@@ -71,6 +74,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 512 * 1024,
             default_limits: SandboxLimits::default(),
             describe_timeout: Duration::from_secs(5),
+            trust: signing::TrustPolicy::default(),
         }
     }
 }
@@ -141,13 +145,25 @@ impl Runtime {
             .map(|(p, _)| p)
     }
 
-    /// Load a plugin from a `.wasm` file with the default limits.
+    /// Load a plugin with the default limits and the signature it came with.
+    pub fn load_signed(
+        &self,
+        bytes: &[u8],
+        signature: Option<&signing::PluginSignature>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        self.load_checked(bytes, self.config.default_limits.clone(), signature)
+            .map(|(p, _)| p)
+    }
+
+    /// Load a plugin from a `.wasm` file with the default limits, and its signature from the
+    /// `.wasm.sig` file beside it when there is one.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedPlugin>, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        self.load_bytes(&bytes)
+        let signature = signing::read_beside(path).map_err(LoadError::Signature)?;
+        self.load_signed(&bytes, signature.as_ref())
     }
 
     /// Load every `*.wasm` file in `dir` (not recursively). Each file loads or fails on its own.
@@ -177,8 +193,24 @@ impl Runtime {
         bytes: &[u8],
         limits: SandboxLimits,
     ) -> Result<(Arc<LoadedPlugin>, LoadReport), LoadError> {
+        self.load_checked(bytes, limits, None)
+    }
+
+    /// Check the signature against the trust policy (before anything is compiled: code no
+    /// trusted key vouches for is never even compiled), then load.
+    pub fn load_checked(
+        &self,
+        bytes: &[u8],
+        limits: SandboxLimits,
+        signature: Option<&signing::PluginSignature>,
+    ) -> Result<(Arc<LoadedPlugin>, LoadReport), LoadError> {
         check_header(bytes)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
+        let signed_by = self
+            .config
+            .trust
+            .check(&sha256, signature)
+            .map_err(LoadError::Signature)?;
         let (component, cache) = match &self.cache {
             Some(cache) => cache.load_or_compile(&self.engine, bytes, &sha256),
             None => Component::new(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled)),
@@ -239,6 +271,7 @@ impl Runtime {
             pre,
             engine: self.engine.clone(),
             fuel_metering: self.config.fuel_metering,
+            signed_by,
         };
         Ok((Arc::new(plugin), LoadReport { cache }))
     }

@@ -29,6 +29,8 @@ pub struct LoadedPlugin {
     pub(crate) pre: HandlerPluginPre<CallState>,
     pub(crate) engine: Engine,
     pub(crate) fuel_metering: bool,
+    /// The trusted key that signed it, by the name the operator gave it.
+    pub(crate) signed_by: Option<String>,
 }
 
 /// What one job hands a call: its grants, where events go, the step's last checkpoint and the
@@ -53,6 +55,8 @@ pub struct PluginSummary {
     pub sha256: String,
     pub contract_version: String,
     pub limits: SandboxLimits,
+    /// The trusted key that signed it (the name in `trusted_keys`); absent when unsigned.
+    pub signed_by: Option<String>,
 }
 
 /// The result of a call that ran to its end: the handler's own answer, which may be an error.
@@ -132,6 +136,7 @@ impl LoadedPlugin {
             sha256: self.sha256.clone(),
             contract_version: self.contract.to_string(),
             limits: self.limits.clone(),
+            signed_by: self.signed_by.clone(),
         }
     }
 
