@@ -14,6 +14,7 @@ mod durability;
 mod hardening;
 mod kill;
 mod pg_store;
+mod plugin_new;
 mod plugin_test;
 mod sandbox;
 mod signing;

@@ -13,6 +13,7 @@ mod client;
 mod data;
 mod follow;
 pub(crate) mod output;
+mod plugin_new;
 mod plugin_sign;
 mod plugin_test;
 mod status;
@@ -156,6 +157,8 @@ enum PluginCommand {
     /// step, rollback, and (with --crash-at) a crash and resume. Exit status 0 when it
     /// passed, 1 when a check failed, 2 when it could not run.
     Test(plugin_test::PluginTestArgs),
+    /// Create a handler project that builds and passes `plover plugin test`.
+    New(plugin_new::PluginNewArgs),
     /// Make a signing key: a PKCS#8 PEM private key file, and its public key printed for the
     /// operators' trusted_keys.
     Keygen {
@@ -224,6 +227,7 @@ pub fn main() -> ExitCode {
         }
         Command::Plugin(PluginCommand::Test(args)) => plugin_test::plugin_test(args),
         Command::Plugin(PluginCommand::Keygen { out }) => plugin_sign::keygen(&out),
+        Command::Plugin(PluginCommand::New(args)) => plugin_new::plugin_new(args),
         Command::Plugin(PluginCommand::Sign { file, key, out }) => {
             plugin_sign::sign(&file, &key, out)
         }
@@ -258,7 +262,10 @@ fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Serve { .. }
         | Command::Plugin(
-            PluginCommand::Test(_) | PluginCommand::Keygen { .. } | PluginCommand::Sign { .. },
+            PluginCommand::Test(_)
+            | PluginCommand::New(_)
+            | PluginCommand::Keygen { .. }
+            | PluginCommand::Sign { .. },
         ) => {
             unreachable!("handled in main")
         }

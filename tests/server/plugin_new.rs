@@ -1,0 +1,108 @@
+//! `plover plugin new`: the project it writes builds for wasm32-wasip2 (offline, against this
+//! checkout's SDK) and passes `plover plugin test`, crash included, as its README says.
+
+use std::path::Path;
+use std::process::Command;
+
+fn plover(args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plover"))
+        .args(args)
+        .current_dir(dir)
+        .env("PLOVER_DATA_DIR", dir.join("data"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_new_rust_handler_builds_and_passes_its_lifecycle_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    let (code, out) = plover(
+        &[
+            "plugin",
+            "new",
+            "session-upcase",
+            "--sdk-path",
+            sdk.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    let project = dir.path().join("session-upcase");
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    assert!(readme.contains("plover plugin test target/wasm32-wasip2/release/session_upcase.wasm"));
+
+    // Offline: the SDK's dependencies are those of this workspace, already fetched.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffolded");
+    let build = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/session_upcase.wasm");
+    let (code, report) = plover(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--bucket",
+            "source=seed/source.jsonl",
+            "--bucket",
+            "target",
+            "--params",
+            r#"{"prefix": "user/"}"#,
+            "--options",
+            r#"{"batch_size": 2}"#,
+            "--crash-at",
+            "2",
+        ],
+        &project,
+    );
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("copied 5 keys") && report.contains("PASS"),
+        "{report}"
+    );
+}
+
+#[test]
+fn bad_names_existing_folders_and_python_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = plover(&["plugin", "new", "Bad_Name"], dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is not a handler name"), "{out}");
+
+    std::fs::create_dir(dir.path().join("taken")).unwrap();
+    std::fs::write(dir.path().join("taken/keep.txt"), "mine").unwrap();
+    let (code, out) = plover(&["plugin", "new", "taken"], dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("exists and is not empty"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("taken/keep.txt")).unwrap(),
+        "mine"
+    );
+
+    let (code, out) = plover(&["plugin", "new", "snake", "--lang", "python"], dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("Python SDK has not landed"), "{out}");
+}
