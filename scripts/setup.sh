@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Plover needs on a fresh machine, idempotently:
 # the wasm32-wasip2 Rust target, rustfmt and clippy; with --services (what the tests need)
-# also the Python tools the API conformance test runs (an OpenAPI validator and the
-# schemathesis fuzzer, pinned, in target/py-tools), headless Chromium and ChromeDriver from
+# also the Python tools the tests run (an OpenAPI validator, the schemathesis fuzzer, and
+# componentize-py, which builds the Python guests; pinned, in target/py-tools), headless Chromium and ChromeDriver from
 # the distribution's packages (the console's browser tests), and makes sure the local
 # PostgreSQL and Redis answer, starting them if they are installed but stopped.
 set -euo pipefail
@@ -20,7 +20,7 @@ done
 
 if [[ "${1:-}" == "--services" ]]; then
     PY_TOOLS=target/py-tools
-    PY_PINS="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
+    PY_PINS="schemathesis==4.32.5 openapi-spec-validator==0.9.0 componentize-py==0.25.0"
     if [[ "$(cat "$PY_TOOLS/pins" 2>/dev/null)" != "$PY_PINS" ]]; then
         echo "setup: installing $PY_PINS into $PY_TOOLS"
         rm -rf "$PY_TOOLS"

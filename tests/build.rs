@@ -1,6 +1,8 @@
 //! Builds every guest (the bundled plugins and the test fixtures) from source for
 //! wasm32-wasip2 and exposes each `.wasm` path as a constant in `plover_tests::artifacts`.
-//! Tests and benchmarks therefore always run against freshly built components.
+//! Tests and benchmarks therefore always run against freshly built components. Python guests
+//! (a folder with an `app.py`) are built with componentize-py against `wit/v0.1.1` and the
+//! Python SDK (`sdk/python`), only when their sources changed (a build takes ~20 s).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +17,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target").join("guests"));
 
-    for watched in ["wit", "sdk/src", "sdk/Cargo.toml"] {
+    for watched in ["wit", "sdk/src", "sdk/Cargo.toml", "sdk/python"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=PLOVER_GUEST_TARGET_DIR");
@@ -26,8 +28,15 @@ fn main() {
         watch_sources(&dir);
         build_guests(&dir, &target_dir);
     }
+    let python_out = target_dir.join("python");
+    for ws in GUEST_WORKSPACES {
+        build_python_guests(&root, &root.join(ws), &python_out);
+    }
     let release = target_dir.join(TARGET).join("release");
-    for entry in std::fs::read_dir(&release).expect("guest output directory") {
+    let outputs = std::fs::read_dir(&release)
+        .expect("guest output directory")
+        .chain(std::fs::read_dir(&python_out).expect("python guest output directory"));
+    for entry in outputs {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "wasm") {
             let stem = path
@@ -103,4 +112,70 @@ fn build_guests(workspace: &Path, target_dir: &Path) {
             workspace.display()
         );
     }
+}
+
+/// Build each folder of `workspace` that holds an `app.py` into `out/<name>.wasm`, unless the
+/// component is newer than every source it is made of.
+fn build_python_guests(root: &Path, workspace: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    let sdk = root.join("sdk/python");
+    let tool = root.join("target/py-tools/bin/componentize-py");
+    for entry in std::fs::read_dir(workspace).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("app.py").exists() {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", dir.display());
+        let name = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
+        let wasm = out.join(format!("{name}.wasm"));
+        let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).ok();
+        let newest = [dir.as_path(), sdk.as_path(), &root.join("wit/v0.1.1")]
+            .iter()
+            .filter_map(|d| newest_file(d))
+            .max();
+        if built.is_some() && newest.is_some_and(|n| Some(n) <= built) {
+            continue;
+        }
+        let output = Command::new(&tool)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args(["-d"])
+            .arg(root.join("wit/v0.1.1"))
+            .args(["-w", "handler-plugin", "componentize", "app", "-p"])
+            .arg(&dir)
+            .arg("-p")
+            .arg(&sdk)
+            .arg("-o")
+            .arg(&wasm)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running {}: {e}\nhint: scripts/setup.sh --services installs componentize-py (scripts/test.sh runs it)",
+                    tool.display()
+                )
+            });
+        if !output.status.success() {
+            let _ = std::fs::remove_file(&wasm);
+            panic!(
+                "building the Python guest {} failed:\n{}{}",
+                dir.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+/// When the newest file under `dir` changed.
+fn newest_file(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        let t = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            std::fs::metadata(&path).and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }

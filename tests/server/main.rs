@@ -16,5 +16,6 @@ mod kill;
 mod pg_store;
 mod plugin_new;
 mod plugin_test;
+mod python_handlers;
 mod sandbox;
 mod signing;

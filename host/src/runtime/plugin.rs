@@ -457,6 +457,27 @@ impl CallTarget<'_> {
     }
 }
 
+/// A Python guest (componentize-py) that lets an exception escape prints its traceback, then
+/// traps with "Python function threw an unexpected exception": the operator needs the
+/// exception (its type and message first), not the runtime's panic.
+fn uncaught_python_exception(stderr: &str) -> Option<String> {
+    const START: &str = "Traceback (most recent call last):";
+    let at = stderr.rfind(START)?;
+    let traceback = &stderr[at..];
+    let traceback = traceback
+        .find("\nthread '")
+        .map_or(traceback, |end| &traceback[..end])
+        .trim_end();
+    let exception = traceback
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())?
+        .trim();
+    Some(format!(
+        "uncaught Python exception {exception}\n{traceback}"
+    ))
+}
+
 /// How many times one function appears on the guest's stack at a trap that is to be read
 /// as a stack overflow (a guest's own stack is 1 MiB: a few hundred frames of a few KiB).
 const DEEP_RECURSION: usize = 16;
@@ -553,6 +574,9 @@ fn classify(
             stderr,
         };
     }
+    if let Some(message) = uncaught_python_exception(&stderr) {
+        return PluginFailure::Panic { message };
+    }
     if let Some(at) = stderr.find("panicked at") {
         return PluginFailure::Panic {
             message: stderr[at..].to_string(),
@@ -563,4 +587,22 @@ fn classify(
         None => format!("{err:#}"),
     };
     PluginFailure::Trap { message, stderr }
+}
+
+#[cfg(test)]
+mod python_tests {
+    #[test]
+    fn an_uncaught_python_exception_is_named_before_its_traceback() {
+        let stderr = "noise\nTraceback (most recent call last):\n  File \"/0/app.py\", line 10, in plan\nZeroDivisionError: division by zero\n\nthread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:\nPython function threw an unexpected exception";
+        let message = super::uncaught_python_exception(stderr).unwrap();
+        assert!(
+            message.starts_with(
+                "uncaught Python exception ZeroDivisionError: division by zero\nTraceback"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("app.py\", line 10, in plan"));
+        assert!(!message.contains("panicked"));
+        assert_eq!(super::uncaught_python_exception("panicked at x"), None);
+    }
 }
