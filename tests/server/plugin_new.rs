@@ -1,5 +1,6 @@
-//! `plover plugin new`: the project it writes builds for wasm32-wasip2 (offline, against this
-//! checkout's SDK) and passes `plover plugin test`, crash included, as its README says.
+//! `plover plugin new`: the project it writes builds (Rust: for wasm32-wasip2, offline, against
+//! this checkout's SDK; Python: with componentize-py) and passes `plover plugin test`, crash
+//! included, as its README says.
 
 use std::path::Path;
 use std::process::Command;
@@ -86,7 +87,7 @@ fn a_new_rust_handler_builds_and_passes_its_lifecycle_check() {
 }
 
 #[test]
-fn bad_names_existing_folders_and_python_are_refused_with_the_reason() {
+fn bad_names_and_existing_folders_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out) = plover(&["plugin", "new", "Bad_Name"], dir.path());
     assert_eq!(code, 2, "{out}");
@@ -101,8 +102,74 @@ fn bad_names_existing_folders_and_python_are_refused_with_the_reason() {
         std::fs::read_to_string(dir.path().join("taken/keep.txt")).unwrap(),
         "mine"
     );
+}
 
-    let (code, out) = plover(&["plugin", "new", "snake", "--lang", "python"], dir.path());
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("Python SDK has not landed"), "{out}");
+#[test]
+fn a_new_python_handler_builds_with_componentize_py_and_passes_its_lifecycle_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = plover(
+        &["plugin", "new", "py-upcase", "--lang", "python"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    let project = dir.path().join("py-upcase");
+    for file in [
+        "app.py",
+        "plover_sdk/__init__.py",
+        "wit/handler.wit",
+        "seed/source.jsonl",
+    ] {
+        assert!(project.join(file).exists(), "{file}");
+    }
+    // The build command its README gives, with the componentize-py scripts/setup.sh installs.
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    assert!(readme.contains(
+        "componentize-py -d wit -w handler-plugin componentize app -p . -o py_upcase.wasm"
+    ));
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-tools/bin/componentize-py");
+    let build = Command::new(tool)
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            "handler-plugin",
+            "componentize",
+            "app",
+            "-p",
+            ".",
+            "-o",
+            "py_upcase.wasm",
+        ])
+        .current_dir(&project)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let (code, report) = plover(
+        &[
+            "plugin",
+            "test",
+            "py_upcase.wasm",
+            "--bucket",
+            "source=seed/source.jsonl",
+            "--bucket",
+            "target",
+            "--params",
+            r#"{"prefix": "user/"}"#,
+            "--options",
+            r#"{"batch_size": 2}"#,
+            "--crash-at",
+            "2",
+        ],
+        &project,
+    );
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("copied 5 keys") && report.contains("PASS: 14 checks"),
+        "{report}"
+    );
 }

@@ -8,6 +8,21 @@ const CARGO_TOML: &str = include_str!("scaffold/Cargo.toml.txt");
 const LIB_RS: &str = include_str!("scaffold/lib.rs.txt");
 const README: &str = include_str!("scaffold/README.md.txt");
 const SEED: &str = include_str!("scaffold/source.jsonl.txt");
+const APP_PY: &str = include_str!("scaffold/app.py.txt");
+const README_PYTHON: &str = include_str!("scaffold/README-python.md.txt");
+/// A Python project carries the SDK and the contract it builds against.
+const PYTHON_SDK: &str = include_str!("../../../sdk/python/plover_sdk/__init__.py");
+const WIT: [(&str, &str); 6] = [
+    (
+        "handler.wit",
+        include_str!("../../../wit/v0.1.1/handler.wit"),
+    ),
+    ("http.wit", include_str!("../../../wit/v0.1.1/http.wit")),
+    ("job.wit", include_str!("../../../wit/v0.1.1/job.wit")),
+    ("kv.wit", include_str!("../../../wit/v0.1.1/kv.wit")),
+    ("sql.wit", include_str!("../../../wit/v0.1.1/sql.wit")),
+    ("types.wit", include_str!("../../../wit/v0.1.1/types.wit")),
+];
 
 #[derive(clap::Args)]
 pub struct PluginNewArgs {
@@ -19,8 +34,9 @@ pub struct PluginNewArgs {
     /// Where to create it (default: ./NAME).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// A local checkout of the plover-sdk crate to depend on (the `sdk/` folder of the Plover
-    /// repository); without it the project depends on plover-sdk from crates.io.
+    /// Rust: a local checkout of the plover-sdk crate to depend on (the `sdk/` folder of the
+    /// Plover repository); without it the project depends on plover-sdk from crates.io.
+    /// A Python project carries its own copy of the SDK.
     #[arg(long)]
     sdk_path: Option<PathBuf>,
 }
@@ -58,12 +74,6 @@ fn valid_name(name: &str) -> bool {
 }
 
 fn create(args: &PluginNewArgs) -> Result<PathBuf, String> {
-    if matches!(args.lang, Lang::Python) {
-        return Err(
-            "--lang python is not available yet: the Python SDK has not landed; use --lang rust"
-                .into(),
-        );
-    }
     if !valid_name(&args.name) {
         return Err(format!(
             "{:?} is not a handler name: use lower-case letters, digits and dashes, starting with a letter",
@@ -105,10 +115,23 @@ fn create(args: &PluginNewArgs) -> Result<PathBuf, String> {
         }
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     };
-    write("Cargo.toml", fill(CARGO_TOML))?;
-    write("src/lib.rs", fill(LIB_RS))?;
-    write("README.md", fill(README))?;
+    match args.lang {
+        Lang::Rust => {
+            write("Cargo.toml", fill(CARGO_TOML))?;
+            write("src/lib.rs", fill(LIB_RS))?;
+            write("README.md", fill(README))?;
+            write(".gitignore", "/target\n".to_string())?;
+        }
+        Lang::Python => {
+            write("app.py", fill(APP_PY))?;
+            write("README.md", fill(README_PYTHON))?;
+            write("plover_sdk/__init__.py", PYTHON_SDK.to_string())?;
+            for (file, text) in WIT {
+                write(&format!("wit/{file}"), text.to_string())?;
+            }
+            write(".gitignore", "*.wasm\n__pycache__/\n".to_string())?;
+        }
+    }
     write("seed/source.jsonl", SEED.to_string())?;
-    write(".gitignore", "/target\n".to_string())?;
     Ok(dir)
 }
