@@ -17,7 +17,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target").join("guests"));
 
-    for watched in ["wit", "sdk/src", "sdk/Cargo.toml", "sdk/python"] {
+    for watched in ["wit", "sdk/src", "sdk/wit", "sdk/Cargo.toml", "sdk/python"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=PLOVER_GUEST_TARGET_DIR");

@@ -85,17 +85,42 @@
 //! plover_sdk::export_handler!(Upcase);
 //! ```
 //!
+//! ## What the host guarantees, and what it asks
+//!
+//! - **Dry runs are dry.** During `plan` and `validate` every write (key-value, SQL, HTTP other
+//!   than GET/HEAD) is refused and fails the call.
+//! - **SQL commits at checkpoints.** All statements of one call run in one transaction,
+//!   committed when the call succeeds *and at every [`save_checkpoint`]*, so the rows a
+//!   checkpoint covers are durable before it is; a call that fails rolls back what it did
+//!   since its last checkpoint.
+//! - **The last batch may be redone.** The host records a step's checkpoints at most every
+//!   250 ms (the newest wins) and commits object results with them. After a crash the step
+//!   resumes from its last *recorded* checkpoint, so the batch after it (whose SQL may already
+//!   be committed) runs again: **make every batch idempotent** (upserts, "only if absent").
+//! - **The job's own bucket is durable when a write returns** ([`Bucket::job_state`]) whenever
+//!   the job was granted a system outside the host's database, so a rollback journal written
+//!   before a change survives any crash that the change survives. Journal each key once: a
+//!   redone batch must not journal its own writes as the values to restore.
+//! - **Lists to SQL**: the contract has no array value; pass a JSON array and unnest it in
+//!   SQL, e.g. `WHERE id = ANY (SELECT jsonb_array_elements_text($1::jsonb)::bigint)` with
+//!   `SqlValue::Json(serde_json::to_string(&ids)?)`.
+//! - Whatever the handler prints goes to the job log; a panic's message becomes the error.
+//!
 //! ## Testing a handler
 //!
-//! Build it with `cargo build --release --target wasm32-wasip2`, then load the `.wasm` in a
-//! native test with `plover_host::testing::TestHarness`, which runs the real host runtime
-//! in-process over in-memory buckets (see the Plover README).
+//! Build it with `cargo build --release --target wasm32-wasip2`, then check it with
+//! `plover plugin test target/wasm32-wasip2/release/NAME.wasm --bucket source=seed.jsonl
+//! --bucket target --crash-at 2` (the whole lifecycle, a crash and its resume, no server), or
+//! load the `.wasm` in a native test with `plover_host::testing::TestHarness`, which runs the
+//! real host runtime in-process over in-memory buckets (see the Plover README).
 
 /// The raw bindings generated from the contract. Prefer the re-exports at the crate root.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.1",
+        // The contract is copied inside the crate so it can be published (`cargo package`);
+        // tests/tests/sdk_package.rs keeps the copy equal to `wit/v0.1.1`.
+        path: "wit/v0.1.1",
         world: "handler-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_handler_plugin",
@@ -126,9 +151,9 @@ pub mod prelude {
         Bucket, ErrorKind, Finding, Handler, HttpError, HttpRequest, HttpResponse, KvError,
         LogLevel, MigrationError, MigrationPlan, MigrationSpec, ObjectResult, ObjectStatus,
         PlanStep, PluginInfo, RiskLevel, ScanPage, Severity, SpecExt, SqlConnection, SqlError,
-        SqlExt, SqlValue, StepKind, StepReport, ValidationLevel, ValidationReport, debug, error,
-        http_send, info, is_cancelled, load_checkpoint, log, progress, record_object,
-        record_objects, save_checkpoint, sql_identifier, warn,
+        SqlExt, SqlValue, StepKind, StepReport, ValidationLevel, ValidationReport, checkpoint_as,
+        debug, error, http_send, info, is_cancelled, load_checkpoint, log, progress, record_object,
+        record_objects, save_checkpoint, save_checkpoint_as, sql_identifier, warn,
     };
 }
 
@@ -611,6 +636,46 @@ pub fn save_checkpoint(data: &[u8]) {
 /// The last checkpoint saved for the current step.
 pub fn load_checkpoint() -> Option<Vec<u8>> {
     job::load_checkpoint()
+}
+
+/// Save any serde value as the step's checkpoint (JSON), to read back with [`checkpoint_as`].
+pub fn save_checkpoint_as<T: serde::Serialize>(state: &T) -> Result<(), MigrationError> {
+    let bytes = serde_json::to_vec(state).map_err(|e| {
+        MigrationError::step_failed(format!("the checkpoint does not serialise: {e}"))
+    })?;
+    save_checkpoint(&bytes);
+    Ok(())
+}
+
+/// The checkpoint `execute` was given, as the type [`save_checkpoint_as`] saved; one that
+/// does not parse is `data-corruption` (the step cannot know where it stood).
+pub fn checkpoint_as<T: serde::de::DeserializeOwned>(
+    checkpoint: Option<&[u8]>,
+) -> Result<Option<T>, MigrationError> {
+    checkpoint
+        .map(|raw| {
+            serde_json::from_slice(raw).map_err(|e| {
+                MigrationError::new(
+                    ErrorKind::DataCorruption,
+                    format!("the step's checkpoint does not parse: {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// A [`PluginInfo`] from the crate's own metadata (name, version, description) and the job
+/// kinds given: `plugin_info!("kv-copy", "session-store-move")`.
+#[macro_export]
+macro_rules! plugin_info {
+    ($($kind:expr),+ $(,)?) => {
+        $crate::PluginInfo {
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kinds: vec![$($kind.into()),+],
+            description: env!("CARGO_PKG_DESCRIPTION").into(),
+        }
+    };
 }
 
 /// `info!("copied {n} keys")`: log at info level with `format!` syntax.

@@ -89,6 +89,22 @@ fn a_new_rust_handler_builds_and_passes_its_lifecycle_check() {
 #[test]
 fn bad_names_and_existing_folders_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
+    // Without --sdk-path a project depends on the SDK release of this checkout.
+    let (code, out) = plover(&["plugin", "new", "from-crates-io"], dir.path());
+    assert_eq!(code, 0, "{out}");
+    let sdk_manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/Cargo.toml"))
+            .unwrap();
+    let version = sdk_manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .unwrap();
+    let manifest = std::fs::read_to_string(dir.path().join("from-crates-io/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!("plover-sdk = {{ version = {version} }}")),
+        "{manifest}"
+    );
+
     let (code, out) = plover(&["plugin", "new", "Bad_Name"], dir.path());
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("is not a handler name"), "{out}");

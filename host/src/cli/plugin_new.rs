@@ -7,6 +7,8 @@ use std::process::ExitCode;
 const CARGO_TOML: &str = include_str!("scaffold/Cargo.toml.txt");
 const LIB_RS: &str = include_str!("scaffold/lib.rs.txt");
 const README: &str = include_str!("scaffold/README.md.txt");
+/// The plover-sdk release a Rust project depends on (the SDK is versioned with the contract).
+const SDK_VERSION: &str = "0.1.1";
 const SEED: &str = include_str!("scaffold/source.jsonl.txt");
 const APP_PY: &str = include_str!("scaffold/app.py.txt");
 const README_PYTHON: &str = include_str!("scaffold/README-python.md.txt");
@@ -101,7 +103,7 @@ fn create(args: &PluginNewArgs) -> Result<PathBuf, String> {
             }
             format!("path = {:?}", p.display().to_string())
         }
-        None => format!("version = {:?}", env!("CARGO_PKG_VERSION")),
+        None => format!("version = {SDK_VERSION:?}"),
     };
     let fill = |t: &str| {
         t.replace("{{name}}", &args.name)
