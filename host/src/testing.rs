@@ -82,6 +82,23 @@ impl JobEvents for RecordingEvents {
     }
 }
 
+/// The grants of a job whose private bucket and granted buckets live in memory, beside other
+/// connectors granted as they are (the harness and `plover plugin test` both run so).
+pub(crate) fn in_memory_grants(
+    job_state: &Arc<MemoryBucket>,
+    buckets: &BTreeMap<String, Arc<MemoryBucket>>,
+    connectors: &BTreeMap<String, Connector>,
+) -> Grants {
+    let mut grants = Grants::new(job_state.clone() as Arc<dyn KvBucket>);
+    for (name, bucket) in buckets {
+        grants = grants.with_kv(name.clone(), bucket.clone() as Arc<dyn KvBucket>);
+    }
+    for (name, connector) in connectors {
+        grants = grants.with(name.clone(), connector.clone());
+    }
+    grants
+}
+
 /// Either way a harness call can fail: the sandbox stopped it, or the handler returned an error.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -185,15 +202,8 @@ impl TestHarness {
 
     /// The context calls run with; `checkpoint` is the step's last one.
     pub fn context(&self, checkpoint: Option<Vec<u8>>) -> JobContext {
-        let mut grants = Grants::new(self.job_state.clone() as Arc<dyn KvBucket>);
-        for (name, bucket) in &self.buckets {
-            grants = grants.with_kv(name.clone(), bucket.clone() as Arc<dyn KvBucket>);
-        }
-        for (name, connector) in &self.granted {
-            grants = grants.with(name.clone(), connector.clone());
-        }
         JobContext {
-            grants,
+            grants: in_memory_grants(&self.job_state, &self.buckets, &self.granted),
             events: self.events.clone(),
             checkpoint,
             force_stop: self.force_stop.clone(),

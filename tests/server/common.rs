@@ -303,3 +303,22 @@ pub fn events(s: &Server, id: &str, last_event_id: Option<u64>) -> reqwest::bloc
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     resp
 }
+
+/// Run the `plover` binary with `args` (in `cwd` when given, with `envs` set): its exit
+/// status and everything it wrote, stdout then stderr.
+pub fn run_plover(args: &[&str], cwd: Option<&Path>, envs: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plover"));
+    cmd.args(args).envs(envs.iter().copied());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -2,23 +2,16 @@
 //! this checkout's SDK; Python: with componentize-py) and passes `plover plugin test`, crash
 //! included, as its README says.
 
+use super::common::run_plover;
 use std::path::Path;
 use std::process::Command;
 
 fn plover(args: &[&str], dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plover"))
-        .args(args)
-        .current_dir(dir)
-        .env("PLOVER_DATA_DIR", dir.join("data"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    let data = dir.join("data");
+    run_plover(
+        args,
+        Some(dir),
+        &[("PLOVER_DATA_DIR", &data.to_string_lossy())],
     )
 }
 

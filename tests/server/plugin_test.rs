@@ -2,10 +2,10 @@
 //! seed files, a real Redis connection from a configuration file, judged by report and exit
 //! status (0 passed, 1 a check failed, 2 it could not run).
 
+use super::common::run_plover;
 use plover_tests::artifacts;
 use plover_tests::services::{REDIS_URL, RedisPrefix};
 use std::path::Path;
-use std::process::{Command, Output};
 
 struct Checked {
     code: i32,
@@ -13,21 +13,10 @@ struct Checked {
 }
 
 fn plugin_test(data_dir: &Path, args: &[&str]) -> Checked {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_plover"))
-        .args(["plugin", "test"])
-        .args(args)
-        .env("PLOVER_DATA_DIR", data_dir)
-        .env_remove("PLOVER_CONFIG")
-        .output()
-        .unwrap();
-    Checked {
-        code: out.status.code().unwrap_or(-1),
-        report: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+    let args = [&["plugin", "test"][..], args].concat();
+    let data_dir = data_dir.to_string_lossy();
+    let (code, report) = run_plover(&args, None, &[("PLOVER_DATA_DIR", &data_dir)]);
+    Checked { code, report }
 }
 
 /// `n` keys `user/0000`… as JSON Lines.

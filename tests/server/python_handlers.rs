@@ -4,9 +4,9 @@
 //! real binary's `plover plugin test`, sharing one compiled-plugin cache (an 18 MB component
 //! takes 15-30 s to compile the first time).
 
+use super::common::run_plover;
 use plover_tests::artifacts;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A data directory shared by these tests, for its compiled-plugin cache.
 fn shared_data_dir() -> PathBuf {
@@ -14,20 +14,12 @@ fn shared_data_dir() -> PathBuf {
 }
 
 fn plugin_test(args: &[&str], cwd: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plover"))
-        .args(["plugin", "test"])
-        .args(args)
-        .current_dir(cwd)
-        .env("PLOVER_DATA_DIR", shared_data_dir())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    let args = [&["plugin", "test"][..], args].concat();
+    let data = shared_data_dir();
+    run_plover(
+        &args,
+        Some(cwd),
+        &[("PLOVER_DATA_DIR", &data.to_string_lossy())],
     )
 }
 

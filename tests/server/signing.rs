@@ -2,26 +2,19 @@
 //! that requires them, and the matrix of signed, unsigned, foreign-signed and tampered
 //! uploads; what was accepted is checked again after a restart.
 
-use super::common::{ADMIN, Server};
+use super::common::{ADMIN, Server, run_plover};
 use plover_tests::artifacts;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn plover(args: &[&str], server: Option<&Server>) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plover"));
-    cmd.args(args);
-    if let Some(s) = server {
-        cmd.env("PLOVER_SERVER", &s.url).env("PLOVER_TOKEN", ADMIN);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+    match server {
+        Some(s) => run_plover(
+            args,
+            None,
+            &[("PLOVER_SERVER", &s.url), ("PLOVER_TOKEN", ADMIN)],
         ),
-    )
+        None => run_plover(args, None, &[]),
+    }
 }
 
 /// A new key in `dir`: its file and the public key keygen printed.

@@ -14,11 +14,12 @@ mod events;
 pub mod report;
 pub mod seed;
 
-use crate::connectors::{Connector, Grants, KvBucket, MemoryBucket};
+use crate::connectors::{Connector, MemoryBucket};
 use crate::engine::dag;
 use crate::engine::options::JobOptions;
 use crate::model::{MigrationError, MigrationSpec, ObjectResult, Plan, PlanStep};
 use crate::runtime::{JobContext, LoadedPlugin, PluginError};
+use crate::testing::in_memory_grants;
 use events::CheckEvents;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -111,15 +112,8 @@ impl RunWorld {
         checkpoint: Option<Vec<u8>>,
         timeout: Duration,
     ) -> JobContext {
-        let mut grants = Grants::new(self.job_state.clone() as Arc<dyn KvBucket>);
-        for (name, bucket) in &self.buckets {
-            grants = grants.with_kv(name.clone(), bucket.clone() as Arc<dyn KvBucket>);
-        }
-        for (name, connector) in &setup.connections {
-            grants = grants.with(name.clone(), connector.clone());
-        }
         JobContext {
-            grants,
+            grants: in_memory_grants(&self.job_state, &self.buckets, &setup.connections),
             events: self.events.clone(),
             checkpoint,
             force_stop: self.events.new_call(),
