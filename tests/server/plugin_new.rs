@@ -182,3 +182,21 @@ fn a_new_python_handler_builds_with_componentize_py_and_passes_its_lifecycle_che
         "{report}"
     );
 }
+
+#[test]
+fn an_sdk_path_without_a_crate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = plover(
+        &[
+            "plugin",
+            "new",
+            "nowhere",
+            "--sdk-path",
+            dir.path().to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no Cargo.toml there"), "{out}");
+    assert!(!dir.path().join("nowhere").exists(), "nothing written");
+}

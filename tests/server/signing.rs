@@ -209,3 +209,41 @@ fn a_bad_trusted_key_stops_the_server_at_start_with_its_name() {
     assert!(!status.success());
     assert!(stderr.contains("trusted_keys.broken"), "{stderr}");
 }
+
+#[test]
+fn signing_refuses_what_is_not_a_component_or_not_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = keygen(dir.path(), "partner");
+    let notes = dir.path().join("notes.wasm");
+    std::fs::write(&notes, "hello").unwrap();
+    let (code, out) = plover(
+        &[
+            "plugin",
+            "sign",
+            notes.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is not a WebAssembly component"), "{out}");
+
+    let plugin = component(dir.path(), artifacts::STEPPER, "stepper.wasm", None);
+    let (code, out) = plover(
+        &[
+            "plugin",
+            "sign",
+            plugin.to_str().unwrap(),
+            "--key",
+            notes.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("not an ed25519 private key"), "{out}");
+    assert!(
+        !plugin.with_extension("wasm.sig").exists(),
+        "no signature written"
+    );
+}
