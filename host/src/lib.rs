@@ -19,20 +19,36 @@
 //! - [`console`]: the operator web console at `/`, embedded assets over the same API.
 //! - [`server`], [`config`], [`cli`]: the `plover` binary, a thin layer over the above.
 //! - [`testing`]: run a handler in-process over in-memory buckets, for plugin authors.
+//!
+//! Features: `server` (the default) is everything above; without it (`default-features =
+//! false, features = ["testing"]`) the crate is [`model`], [`runtime`], [`connectors`],
+//! [`metrics`] and [`testing`]: what a plugin's `cargo test` needs, without the HTTP server,
+//! the CLI, the console, the engine or the job stores and their dependencies.
 
+#[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
 pub mod cli;
+#[cfg(feature = "server")]
 pub mod cluster;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod connectors;
+#[cfg(feature = "server")]
 pub mod console;
+#[cfg(feature = "server")]
 pub mod engine;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "server")]
 pub mod plugin_check;
 pub mod runtime;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod startup;
 pub mod stop;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "testing")]
 pub mod testing;

@@ -127,6 +127,7 @@ fn build() -> Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = build();
+    #[cfg(feature = "server")]
     for status in crate::engine::state::JobStatus::ALL {
         m.jobs.with_label_values(&[status.as_str()]);
     }

@@ -184,3 +184,12 @@ pub enum LogLevel {
     Warning,
     Error,
 }
+
+/// At most `max` characters of `s`, marked when cut.
+pub(crate) fn truncated(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}

@@ -51,7 +51,9 @@ pub fn front_router(api: Arc<OnceLock<Router>>, status: StartupStatus) -> Router
 fn starting(path: &str, status: &StartupStatus) -> Response {
     match path {
         "/healthz" => (StatusCode::OK, "ok").into_response(),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, status.get()).into_response(),
+        "/readyz" | "/readyz/plugins" => {
+            (StatusCode::SERVICE_UNAVAILABLE, status.get()).into_response()
+        }
         _ => AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "starting",

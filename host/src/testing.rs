@@ -14,9 +14,23 @@
 //! ```
 //!
 //! The harness uses the same sandbox and imports as the server; only the buckets live in
-//! memory and events are kept in a [`RecordingEvents`] you can inspect.
+//! memory and events are kept in a [`RecordingEvents`] you can inspect. Real systems are
+//! granted too: [`TestHarness::grant_postgres`], [`TestHarness::grant_redis`],
+//! [`TestHarness::grant_http`]. [`TestHarness::execute_crashing_after`] stops a step the way a
+//! host crash would, to test that it resumes from its checkpoint.
+//!
+//! For `cargo test` in a plugin's workspace, depend on this crate without the server (which
+//! leaves out the HTTP API, the CLI, the console and the job stores):
+//!
+//! ```toml
+//! [dev-dependencies]
+//! plover-host = { version = "0.1", default-features = false, features = ["testing"] }
+//! ```
 
-use crate::connectors::{Connector, Grants, KvBucket, MemoryBucket};
+use crate::connectors::postgres::{PostgresDatabase, PostgresOptions};
+use crate::connectors::{
+    Connector, Grants, HttpConnection, HttpRules, KvBucket, MemoryBucket, RedisBucket,
+};
 use crate::model::{
     LogLevel, MigrationError, MigrationOptions, MigrationSpec, ObjectResult, Plan, PlanStep,
     StepReport, ValidationReport,
@@ -83,12 +97,14 @@ impl JobEvents for RecordingEvents {
 }
 
 /// The grants of a job whose private bucket and granted buckets live in memory, beside other
-/// connectors granted as they are (the harness and `plover plugin test` both run so).
+/// connectors granted as they are (the harness and `plover plugin test` both run so),
+/// narrowed as `plugin` declares (see [`crate::runtime::declared::narrow`]).
 pub(crate) fn in_memory_grants(
+    plugin: &LoadedPlugin,
     job_state: &Arc<MemoryBucket>,
     buckets: &BTreeMap<String, Arc<MemoryBucket>>,
     connectors: &BTreeMap<String, Connector>,
-) -> Grants {
+) -> Result<Grants, String> {
     let mut grants = Grants::new(job_state.clone() as Arc<dyn KvBucket>);
     for (name, bucket) in buckets {
         grants = grants.with_kv(name.clone(), bucket.clone() as Arc<dyn KvBucket>);
@@ -96,7 +112,50 @@ pub(crate) fn in_memory_grants(
     for (name, connector) in connectors {
         grants = grants.with(name.clone(), connector.clone());
     }
-    grants
+    crate::runtime::declared::narrow(&plugin.label(), plugin.declared_bindings(), grants)
+}
+
+/// How [`TestHarness::execute_crashing_after`] ended.
+#[derive(Debug)]
+pub enum Crash {
+    /// Stopped right after the checkpoint asked for, which is the one to resume from.
+    Crashed { resume_from: Option<Vec<u8>> },
+    /// The step ended before saving that many checkpoints.
+    Finished(StepReport),
+}
+
+/// Records like [`RecordingEvents`], and raises `stop` at the `after`-th checkpoint.
+struct CrashingEvents {
+    recording: Arc<RecordingEvents>,
+    after: u64,
+    seen: Mutex<u64>,
+    stop: ForceStop,
+}
+
+impl JobEvents for CrashingEvents {
+    fn log(&self, level: LogLevel, message: String) {
+        self.recording.log(level, message)
+    }
+    fn progress(&self, done: u64, total: Option<u64>, current: Option<String>) {
+        self.recording.progress(done, total, current)
+    }
+    fn objects(&self, results: Vec<ObjectResult>) -> Result<(), String> {
+        self.recording.objects(results)
+    }
+    fn checkpoint(&self, data: Vec<u8>) {
+        let mut seen = self.seen.lock().unwrap();
+        if *seen >= self.after {
+            return; // past the crash: nothing more is saved
+        }
+        *seen += 1;
+        self.recording.checkpoint(data);
+        if *seen == self.after {
+            self.stop.trigger();
+        }
+    }
+    fn is_cancelled(&self) -> bool {
+        self.recording.is_cancelled()
+    }
 }
 
 /// Either way a harness call can fail: the sandbox stopped it, or the handler returned an error.
@@ -169,6 +228,52 @@ impl TestHarness {
         self.grant_connector(binding, Connector::Kv(bucket));
     }
 
+    /// Grant the PostgreSQL database at `url` (`postgres://user@host:port/db`) as `binding`,
+    /// with `search_path` (e.g. a schema of the test's own, `backfill_test,public`) when
+    /// given. Unlike the server, the harness accepts any role: a local test database's
+    /// superuser will do.
+    pub fn grant_postgres(
+        &mut self,
+        binding: &str,
+        url: &str,
+        search_path: Option<&str>,
+    ) -> Result<(), String> {
+        let db = PostgresDatabase::with_options(
+            url,
+            &PostgresOptions {
+                search_path: search_path.map(str::to_string),
+                max_connections: 4,
+                read_only_url: None,
+                allow_privileged_role: true,
+            },
+        )?;
+        self.grant_connector(binding, Connector::Sql(Arc::new(db)));
+        Ok(())
+    }
+
+    /// Grant the keys under `key_prefix` of the Redis database at `url`
+    /// (`redis://127.0.0.1:6379/0`) as a bucket named `binding`; the plugin never sees the
+    /// prefix, so a test can keep its keys apart from other tests'.
+    pub fn grant_redis(
+        &mut self,
+        binding: &str,
+        url: &str,
+        key_prefix: &str,
+    ) -> Result<(), String> {
+        let bucket = RedisBucket::new(url, key_prefix)?;
+        self.grant(binding, Arc::new(bucket));
+        Ok(())
+    }
+
+    /// Grant outgoing HTTP under `rules` as `binding`, e.g.
+    /// `HttpRules { allow_private: true, ..HttpRules::allowing(["http://127.0.0.1:8080"]) }`
+    /// for a server the test started on loopback.
+    pub fn grant_http(&mut self, binding: &str, rules: HttpRules) -> Result<(), String> {
+        let connection = HttpConnection::new(rules)?;
+        self.grant_connector(binding, Connector::Http(Arc::new(connection)));
+        Ok(())
+    }
+
     /// Grant any connector (a SQL database, an HTTP connection...) as `binding`.
     pub fn grant_connector(&mut self, binding: &str, connector: Connector) {
         self.granted.insert(binding.to_string(), connector);
@@ -200,10 +305,14 @@ impl TestHarness {
         }
     }
 
-    /// The context calls run with; `checkpoint` is the step's last one.
+    /// The context calls run with; `checkpoint` is the step's last one. Panics when the
+    /// plugin declares its bindings and one granted here is not declared or of another kind
+    /// (the server would refuse the job).
     pub fn context(&self, checkpoint: Option<Vec<u8>>) -> JobContext {
+        let grants = in_memory_grants(&self.plugin, &self.job_state, &self.buckets, &self.granted)
+            .unwrap_or_else(|e| panic!("{e}"));
         JobContext {
-            grants: in_memory_grants(&self.job_state, &self.buckets, &self.granted),
+            grants,
             events: self.events.clone(),
             checkpoint,
             force_stop: self.force_stop.clone(),
@@ -233,6 +342,40 @@ impl TestHarness {
         Ok(self
             .plugin
             .execute(&self.context(checkpoint), spec, step)??)
+    }
+
+    /// Execute `step` from `checkpoint` and stop it the way a host crash would, right after
+    /// it saves its `n`-th checkpoint (counting from 1): the call is interrupted at once and
+    /// the checkpoint to resume from is returned. What the step wrote to its targets stays,
+    /// as it would after a crash; resume with [`TestHarness::execute`] and that checkpoint,
+    /// then check the targets equal an uninterrupted run's. Object results and logs the
+    /// harness recorded after that checkpoint are kept in [`TestHarness::events`] (the server
+    /// would lose them with the crash), so count results by name, not by number.
+    ///
+    /// [`Crash::Finished`] when the step ended before saving `n` checkpoints.
+    pub fn execute_crashing_after(
+        &self,
+        spec: &MigrationSpec,
+        step: &PlanStep,
+        checkpoint: Option<Vec<u8>>,
+        n: u64,
+    ) -> Result<Crash, HarnessError> {
+        let crashing = Arc::new(CrashingEvents {
+            recording: self.events.clone(),
+            after: n,
+            seen: Mutex::new(0),
+            stop: ForceStop::new(),
+        });
+        let mut ctx = self.context(checkpoint);
+        ctx.events = crashing.clone();
+        ctx.force_stop = crashing.stop.clone();
+        let outcome = self.plugin.execute(&ctx, spec, step);
+        if crashing.stop.is_triggered() {
+            return Ok(Crash::Crashed {
+                resume_from: self.events.last_checkpoint(),
+            });
+        }
+        Ok(Crash::Finished(outcome??))
     }
 
     pub fn rollback(

@@ -678,6 +678,51 @@ macro_rules! plugin_info {
     };
 }
 
+/// Declare the bindings this handler expects, so the host shows them to operators before they
+/// grant anything, refuses a job that grants a binding not declared here, and refuses writes
+/// through a binding declared `read` (HTTP: only GET and HEAD; SQL: a read-only transaction).
+/// Kinds: `kv`, `sql`, `http`; access: `read`, `read_write`. Without a declaration a handler
+/// may be granted any binding, as before.
+///
+/// ```ignore
+/// plover_sdk::declare_bindings!("source" => kv(read), "target" => kv(read_write));
+/// ```
+///
+/// The declaration is a custom section (`plover:bindings`) of the component: data the host
+/// reads at load, never code. `plover plugin declare` writes the same for components built by
+/// other means (Python), and replaces this one when used on a Rust component.
+#[macro_export]
+macro_rules! declare_bindings {
+    ($($name:literal => $kind:ident($access:ident)),+ $(,)?) => {
+        const _: () = {
+            const ENTRIES: &str = concat!($(
+                "{\"name\":", stringify!($name),
+                ",\"kind\":\"", stringify!($kind),
+                "\",\"access\":\"", stringify!($access), "\"},"
+            ),+);
+            const LEN: usize = ENTRIES.len() + 1;
+            #[used]
+            #[unsafe(link_section = "plover:bindings")]
+            static DECLARED: [u8; LEN] = $crate::__json_list::<LEN>(ENTRIES);
+        };
+    };
+}
+
+/// `[` + `entries` without its last comma + `]`: the JSON list [`declare_bindings!`] writes.
+#[doc(hidden)]
+pub const fn __json_list<const N: usize>(entries: &str) -> [u8; N] {
+    let bytes = entries.as_bytes();
+    let mut out = [0u8; N];
+    out[0] = b'[';
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        out[i + 1] = bytes[i];
+        i += 1;
+    }
+    out[N - 1] = b']';
+    out
+}
+
 /// `info!("copied {n} keys")`: log at info level with `format!` syntax.
 #[macro_export]
 macro_rules! info {

@@ -243,7 +243,7 @@ fn authorization_table_every_endpoint_by_role() {
         page["total"], 3,
         "the job, and a demo copy each for operator and admin"
     );
-    for open in ["/healthz", "/readyz", "/metrics"] {
+    for open in ["/healthz", "/readyz", "/readyz/plugins", "/metrics"] {
         assert_eq!(
             s.http
                 .get(format!("{}{open}", s.url))
@@ -618,6 +618,7 @@ fn openapi_document_matches_the_routes() {
         ("GET", "/api/v1/openapi.json"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
+        ("GET", "/readyz/plugins"),
         ("GET", "/metrics"),
     ];
     for (m, p) in routes {

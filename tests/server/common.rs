@@ -1,7 +1,9 @@
 //! Start and stop real `plover serve` processes.
 
+use plover_host::connectors::KvBucket;
 use plover_tests::artifacts;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,8 +48,32 @@ impl Server {
         Self::start_with_config(data_dir, plugins, "")
     }
 
-    /// [`Server::start`] with a configuration file holding `toml`.
+    /// [`Server::start`] with a configuration file holding `toml`. Returns once the plugins
+    /// found at start-up have loaded (as an orchestrator watching `/readyz/plugins` would).
     pub fn start_with_config(data_dir: &Path, plugins: &Path, toml: &str) -> Server {
+        let server = Self::launch(data_dir, plugins, toml);
+        server.wait_for_plugins();
+        server
+    }
+
+    /// Wait until `/readyz/plugins` says every plugin found at start-up has loaded or failed.
+    pub fn wait_for_plugins(&self) {
+        let started = Instant::now();
+        loop {
+            let resp = self.http.get(format!("{}/readyz/plugins", self.url)).send();
+            if resp.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "plugins still loading after {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start a server and return as soon as it serves, while its plugins may still load.
+    pub fn launch(data_dir: &Path, plugins: &Path, toml: &str) -> Server {
         let config = data_dir.join("test-config.toml");
         std::fs::write(&config, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_plover"))
@@ -321,4 +347,23 @@ pub fn run_plover(args: &[&str], cwd: Option<&Path>, envs: &[(&str, &str)]) -> (
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Every entry of the sled bucket `name` in a stopped server's data directory.
+pub fn read_bucket(data_dir: &Path, name: &str) -> BTreeMap<String, Vec<u8>> {
+    let db = plover_host::store::open_database(&data_dir.join("db")).unwrap();
+    let bucket = plover_host::connectors::SledBuckets::new(db)
+        .open(name)
+        .unwrap();
+    let mut out = BTreeMap::new();
+    let mut cursor = None;
+    loop {
+        let page = bucket.scan("", cursor.as_deref(), 10_000).unwrap();
+        out.extend(page.entries);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    out
 }

@@ -2,7 +2,7 @@
 //! data directory each time, and check the job still ends with the exact target contents and
 //! exact object counts.
 
-use super::common::{ADMIN, Server, plugin_dir};
+use super::common::{ADMIN, Server, plugin_dir, read_bucket};
 use plover_host::connectors::{KvBucket, SledBuckets};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -31,22 +31,6 @@ fn seed(data_dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap();
     db.flush().unwrap();
     entries.into_iter().collect()
-}
-
-fn read_bucket(data_dir: &std::path::Path, name: &str) -> BTreeMap<String, Vec<u8>> {
-    let db = plover_host::store::open_database(&data_dir.join("db")).unwrap();
-    let bucket = SledBuckets::new(db).open(name).unwrap();
-    let mut out = BTreeMap::new();
-    let mut cursor = None;
-    loop {
-        let page = bucket.scan("", cursor.as_deref(), 10_000).unwrap();
-        out.extend(page.entries);
-        cursor = page.next_cursor;
-        if cursor.is_none() {
-            break;
-        }
-    }
-    out
 }
 
 #[test]

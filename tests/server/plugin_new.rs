@@ -74,10 +74,17 @@ fn a_new_rust_handler_builds_and_passes_its_lifecycle_check() {
     );
     assert_eq!(code, 0, "{report}");
     assert!(
-        report.contains("copied 5 keys") && report.contains("PASS"),
+        report.contains("copied 5 keys")
+            && report
+                .contains("declared: source (key-value, read), target (key-value, read-write)")
+            && report.contains("PASS"),
         "{report}"
     );
 }
+
+/// The declare step the Python project's README gives.
+const DECLARE_PYTHON: &str =
+    "plover plugin declare py_upcase.wasm --binding source=kv:read --binding target=kv:read-write";
 
 #[test]
 fn bad_names_and_existing_folders_are_refused_with_the_reason() {
@@ -158,6 +165,11 @@ fn a_new_python_handler_builds_with_componentize_py_and_passes_its_lifecycle_che
         "{}",
         String::from_utf8_lossy(&build.stderr)
     );
+    // Its bindings, declared as the README says.
+    assert!(readme.contains(DECLARE_PYTHON), "{readme}");
+    let declare: Vec<&str> = DECLARE_PYTHON.split_whitespace().skip(1).collect();
+    let (code, out) = plover(&declare, &project);
+    assert_eq!(code, 0, "{out}");
     let (code, report) = plover(
         &[
             "plugin",
@@ -178,7 +190,10 @@ fn a_new_python_handler_builds_with_componentize_py_and_passes_its_lifecycle_che
     );
     assert_eq!(code, 0, "{report}");
     assert!(
-        report.contains("copied 5 keys") && report.contains("PASS: 14 checks"),
+        report.contains("copied 5 keys")
+            && report
+                .contains("declared: source (key-value, read), target (key-value, read-write)")
+            && report.contains("PASS: 15 checks"),
         "{report}"
     );
 }

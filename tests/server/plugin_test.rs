@@ -56,7 +56,8 @@ fn kv_copy_passes_its_whole_lifecycle_and_a_crash_from_the_shared_cache() {
         "every bucket is as it was seeded",
         "crashed after checkpoint 3, resumed from it",
         "resuming copy after 150 keys",
-        "PASS: 14 checks",
+        "declared: source (key-value, read), target (key-value, read-write)",
+        "PASS: 15 checks",
     ] {
         assert!(
             first.report.contains(expected),

@@ -81,6 +81,9 @@ impl From<EngineError> for AppError {
                     .with_details(json!({ "status": status, "action": action }))
             }
             EngineError::InvalidRequest(_) => AppError::unprocessable("invalid-request", message),
+            EngineError::UndeclaredBinding(_) => {
+                AppError::unprocessable("undeclared-binding", message)
+            }
             EngineError::Registry(r) => r.into(),
             EngineError::Plugin(p) => AppError::unprocessable("plugin-failed", message)
                 .with_details(json!({ "plugin": p.plugin, "call": p.call, "cause": p.cause })),
@@ -115,6 +118,7 @@ const CODES: &[&str] = &[
     "not-found",
     "illegal-transition",
     "invalid-request",
+    "undeclared-binding",
     "plugin-failed",
     "handler-refused",
     "invalid-plan",
@@ -129,6 +133,7 @@ const CODES: &[&str] = &[
     "name-owned",
     "bad-requirement",
     "unknown-plugin",
+    "plugin-loading",
     "bad-request",
 ];
 
@@ -183,6 +188,9 @@ impl From<RegistryError> for AppError {
             RegistryError::BadRequirement(_) => AppError::unprocessable("bad-requirement", message),
             RegistryError::UnknownPlugin(_) | RegistryError::NoMatchingVersion { .. } => {
                 AppError::unprocessable("unknown-plugin", message)
+            }
+            RegistryError::StillLoading { .. } => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, "plugin-loading", message)
             }
         }
     }

@@ -96,8 +96,6 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/events", get(sse::all_events));
     Router::new()
         .nest("/api/v1", api)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .merge(crate::console::router())
         .fallback(ops::not_found)
@@ -108,6 +106,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
+        // The probes, outside the trace layer: orchestrators poll them, and a 503 while
+        // plugins load is an answer, not a failure to log at error level.
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/readyz/plugins", get(ops::readyz_plugins))
         .with_state(state)
 }
 

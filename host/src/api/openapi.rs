@@ -27,7 +27,7 @@ use utoipa::{Modify, OpenApi};
         sse::job_events, sse::all_events,
         ops::list_tokens, ops::create_token, ops::revoke_token, audit::list,
         nodes::list, sessions::sign_in, sessions::show, sessions::sign_out, document,
-        ops::healthz, ops::readyz, ops::metrics,
+        ops::healthz, ops::readyz, ops::readyz_plugins, ops::metrics,
     ),
     components(schemas(
         error::ErrorBody, auth::Role, auth::TokenInfo, ops::NewToken, ops::CreatedToken,

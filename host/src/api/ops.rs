@@ -4,6 +4,7 @@ use super::AppState;
 use super::auth::{AsAdmin, Role, TokenError, TokenInfo};
 use super::error::AppError;
 use super::extract::{ApiPath, JsonBody, blocking};
+use crate::runtime::loading::LoadState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -19,14 +20,46 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
-    responses((status = 200, description = "Ready", body = String, content_type = "text/plain"),
+    responses((status = 200, description = "Serving the API. Plugins may still be loading in the background: the body's second line says so, and /readyz/plugins tells which", body = String, content_type = "text/plain"),
         (status = 503, description = "Starting", body = String, content_type = "text/plain")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    if !s.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string());
     }
+    let unfinished = s.engine.registry().loads().unfinished().len();
+    if unfinished == 0 {
+        (StatusCode::OK, "ready".to_string())
+    } else {
+        let text = format!("ready\n{unfinished} plugin(s) still loading: see /readyz/plugins\n");
+        (StatusCode::OK, text)
+    }
+}
+
+#[utoipa::path(get, path = "/readyz/plugins", tag = "operations", operation_id = "readyz_plugins", security(()),
+    responses((status = 200, description = "Every plugin found at start-up has loaded or failed to; a line per plugin: `SOURCE: loaded as NAME@VERSION in MS ms`, or `SOURCE: failed: ERROR`", body = String, content_type = "text/plain"),
+        (status = 503, description = "Plugins still loading; the same lines, `SOURCE: waiting` or `SOURCE: compiling` for those not done", body = String, content_type = "text/plain")))]
+pub async fn readyz_plugins(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let (in_progress, loads) = s.engine.registry().loads().statuses();
+    let mut text = String::new();
+    for load in &loads {
+        let state = match &load.state {
+            LoadState::Waiting => "waiting".to_string(),
+            LoadState::Compiling => "compiling".to_string(),
+            LoadState::Loaded { plugin, took_ms } => format!("loaded as {plugin} in {took_ms} ms"),
+            LoadState::Failed { error } => format!("failed: {error}"),
+        };
+        text.push_str(&format!("{}: {state}\n", load.source));
+    }
+    if loads.is_empty() {
+        text.push_str("no plugins found at start-up\n");
+    }
+    let ready = s.ready.load(Ordering::SeqCst) && !in_progress;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, text)
 }
 
 pub async fn not_found() -> AppError {

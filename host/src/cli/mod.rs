@@ -13,6 +13,7 @@ mod client;
 mod data;
 mod follow;
 pub(crate) mod output;
+mod plugin_declare;
 mod plugin_new;
 mod plugin_sign;
 mod plugin_test;
@@ -166,6 +167,19 @@ enum PluginCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Declare the bindings a built component expects (written into it): the server shows
+    /// them, refuses jobs granting others, and keeps those declared read-only so. Declare
+    /// before signing.
+    Declare {
+        file: PathBuf,
+        /// NAME=KIND:ACCESS[:DESCRIPTION], KIND kv, sql or http, ACCESS read or read-write;
+        /// repeatable (none: declares that it needs no bindings).
+        #[arg(long = "binding")]
+        bindings: Vec<String>,
+        /// Where to write the declared component (default: in place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Sign a component with a private key (from keygen or `openssl genpkey -algorithm
     /// ed25519`), writing FILE.sig beside it.
     Sign {
@@ -194,6 +208,26 @@ struct PlanArgs {
     /// Job option overrides as a JSON object, e.g. '{"batch_size":1000}'.
     #[arg(long, default_value = "{}")]
     options: String,
+}
+
+/// A plugin's declared bindings in one line: `source (kv, read), target (kv, read-write)`.
+fn declared_bindings(bindings: &serde_json::Value) -> String {
+    match bindings.as_array() {
+        None => "not declared".into(),
+        Some(list) if list.is_empty() => "none".into(),
+        Some(list) => list
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} ({}, {})",
+                    b["name"].as_str().unwrap_or("?"),
+                    b["kind"].as_str().unwrap_or("?"),
+                    b["access"].as_str().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -228,6 +262,11 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Test(args)) => plugin_test::plugin_test(args),
         Command::Plugin(PluginCommand::Keygen { out }) => plugin_sign::keygen(&out),
         Command::Plugin(PluginCommand::New(args)) => plugin_new::plugin_new(args),
+        Command::Plugin(PluginCommand::Declare {
+            file,
+            bindings,
+            out,
+        }) => plugin_declare::declare(&file, &bindings, out),
         Command::Plugin(PluginCommand::Sign { file, key, out }) => {
             plugin_sign::sign(&file, &key, out)
         }
@@ -265,6 +304,7 @@ fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
             PluginCommand::Test(_)
             | PluginCommand::New(_)
             | PluginCommand::Keygen { .. }
+            | PluginCommand::Declare { .. }
             | PluginCommand::Sign { .. },
         ) => {
             unreachable!("handled in main")
@@ -308,11 +348,12 @@ fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
             {
                 let sha = p["sha256"].as_str().unwrap_or("");
                 say!(
-                    "{}@{}  {}  sha256:{}",
+                    "{}@{}  {}  sha256:{}  bindings: {}",
                     p["name"].as_str().unwrap_or(""),
                     p["version"].as_str().unwrap_or(""),
                     p["kinds"],
-                    &sha[..12.min(sha.len())]
+                    &sha[..12.min(sha.len())],
+                    declared_bindings(&p["bindings"])
                 );
             }
         }

@@ -239,7 +239,7 @@ impl ConnectionProvider for HostConnections {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;
 

@@ -45,6 +45,20 @@ pub struct HttpRules {
     pub ca_cert: Option<PathBuf>,
 }
 
+impl HttpRules {
+    /// Rules allowing `origins` (see [`HttpRules::allow`]), everything else at its default.
+    pub fn allowing(origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        HttpRules {
+            allow: origins.into_iter().map(Into::into).collect(),
+            allow_private: false,
+            timeout_ms: default_timeout_ms(),
+            max_response_bytes: default_max_response_bytes(),
+            max_redirects: default_max_redirects(),
+            ca_cert: None,
+        }
+    }
+}
+
 fn default_timeout_ms() -> u64 {
     10_000
 }
@@ -250,7 +264,7 @@ fn check_headers(headers: &[(String, String)], read_only: bool) -> Result<(), Ht
         if !token {
             return Err(HttpError::InvalidArgument(format!(
                 "header name {:?} is not a valid token",
-                crate::engine::truncated(name, 64)
+                crate::model::truncated(name, 64)
             )));
         }
         if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
@@ -343,7 +357,7 @@ impl HttpConnection {
         if !METHODS.contains(&method.as_str()) {
             return Err(HttpError::InvalidArgument(format!(
                 "method '{}' (allowed: {})",
-                crate::engine::truncated(&request.method, 16),
+                crate::model::truncated(&request.method, 16),
                 METHODS.join(", ")
             )));
         }

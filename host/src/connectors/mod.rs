@@ -157,6 +157,8 @@ impl Connector {
 #[derive(Clone)]
 pub struct Grants {
     bindings: BTreeMap<String, Connector>,
+    /// Bindings the plugin declared it only reads: writes through them are refused.
+    read_only: std::collections::BTreeSet<String>,
     job_state: Arc<dyn KvBucket>,
 }
 
@@ -164,8 +166,25 @@ impl Grants {
     pub fn new(job_state: Arc<dyn KvBucket>) -> Self {
         Grants {
             bindings: BTreeMap::new(),
+            read_only: Default::default(),
             job_state,
         }
+    }
+
+    /// Refuse writes through `binding` (the plugin declared it reads only).
+    pub fn read_only(mut self, binding: impl Into<String>) -> Self {
+        self.read_only.insert(binding.into());
+        self
+    }
+
+    /// Whether writes through `binding` are refused whatever the call.
+    pub fn is_read_only(&self, binding: &str) -> bool {
+        self.read_only.contains(binding)
+    }
+
+    /// The connector granted as `binding`, of whatever kind.
+    pub fn connector(&self, binding: &str) -> Option<&Connector> {
+        self.bindings.get(binding)
     }
 
     /// Grant `connector` under the binding name `binding`.

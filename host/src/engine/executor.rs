@@ -92,14 +92,14 @@ fn prepare(
 ) -> Result<RunSetup, String> {
     let record = handle.record();
     let plugin = inner
-        .plugin_by_sha256(&record.plugin.sha256)
+        .plugin_by_sha256(&record.plugin.sha256, false)
         .ok_or_else(|| {
             format!(
                 "plugin {}@{} (sha256 {}) is not loaded",
                 record.plugin.name, record.plugin.version, record.plugin.sha256
             )
         })?;
-    let grants = inner.grants_for(handle)?;
+    let grants = inner.grants_for(handle, &plugin)?;
     Ok(RunSetup {
         handle: handle.clone(),
         plugin,

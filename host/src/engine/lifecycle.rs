@@ -9,6 +9,7 @@ use super::job::{
 use super::options::JobOptions;
 use super::state::{Action, JobStatus, StepStatus};
 use super::{CollectedLogs, Engine, EngineError, dag, error_kind_of, executor};
+use crate::model::truncated;
 use crate::model::{MigrationOptions, MigrationSpec, Plan};
 use crate::runtime::{JobContext, LoadedPlugin};
 use chrono::Utc;
@@ -118,13 +119,29 @@ fn check_request(request: &NewMigration) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// At most `max` characters of `s`, marked when cut.
-pub(crate) fn truncated(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
+/// A plugin that declares its bindings gets only those: granting another is refused.
+fn check_declared(
+    plugin: &LoadedPlugin,
+    grants: &BTreeMap<String, String>,
+) -> Result<(), EngineError> {
+    let Some(declared) = plugin.declared_bindings() else {
+        return Ok(());
+    };
+    let undeclared: Vec<&str> = grants
+        .keys()
+        .filter(|b| !declared.iter().any(|d| &d.name == *b))
+        .map(String::as_str)
+        .collect();
+    if undeclared.is_empty() {
+        return Ok(());
     }
+    Err(EngineError::UndeclaredBinding(format!(
+        "{} does not declare the binding{} {} (it declares: {})",
+        plugin.label(),
+        if undeclared.len() > 1 { "s" } else { "" },
+        undeclared.join(", "),
+        crate::runtime::declared::list(declared)
+    )))
 }
 
 /// Whether a delete may drop what rollback needs.
@@ -168,7 +185,10 @@ impl Engine {
     }
 
     fn resolve_plugin(&self, requirement: &str) -> Result<Arc<LoadedPlugin>, EngineError> {
-        Ok(self.inner.registry.resolve(requirement)?)
+        Ok(self
+            .inner
+            .registry
+            .resolve_waiting(requirement, self.inner.plugin_wait())?)
     }
 
     fn plan_with(
@@ -181,7 +201,7 @@ impl Engine {
         // `plan` may not write: its state bucket needs no fence.
         let grants = self
             .inner
-            .connect_grants(id, grants, None)
+            .connect_grants(id, grants, None, plugin)
             .map_err(EngineError::InvalidRequest)?;
         let logs = Arc::new(CollectedLogs::default());
         let ctx = JobContext {
@@ -212,6 +232,7 @@ impl Engine {
     pub fn create(&self, request: NewMigration, actor: &str) -> Result<JobSnapshot, EngineError> {
         check_request(&request)?;
         let plugin = self.resolve_plugin(&request.handler)?;
+        check_declared(&plugin, &request.grants)?;
         let kind = match request.kind {
             Some(k) if plugin.info().kinds.contains(&k) => k,
             Some(k) => {
@@ -314,18 +335,23 @@ impl Engine {
     /// meanwhile stops the call and cancels the job.
     pub fn validate(&self, id: &str, actor: &str) -> Result<JobSnapshot, EngineError> {
         let (handle, lease) = self.owned(id)?;
-        let plugin = {
+        let pinned = {
             let rec = handle.lock();
             self.check(&rec, Action::Validate)?;
-            self.inner
-                .plugin_by_sha256(&rec.plugin.sha256)
-                .ok_or_else(|| {
+            rec.plugin.clone()
+        };
+        // Looked up without the job's lock: it may wait for a plugin still loading.
+        let plugin = self
+            .inner
+            .plugin_by_sha256(&pinned.sha256, true)
+            .ok_or_else(|| {
+                self.inner.plugin_still_loading(&pinned).unwrap_or_else(|| {
                     EngineError::Refused(format!(
                         "plugin {}@{} is no longer loaded",
-                        rec.plugin.name, rec.plugin.version
+                        pinned.name, pinned.version
                     ))
-                })?
-        };
+                })
+            })?;
         let control = Arc::new(RunControl::bounded_by(handle.lease_clock()));
         let back_to = handle.update(|rec| {
             if let Err(e) = self.check(rec, Action::Validate) {
@@ -351,7 +377,7 @@ impl Engine {
             let record = h.record();
             let logs = Arc::new(CollectedLogs::watching(control.clone()));
             let result = inner
-                .grants_for(&h)
+                .grants_for(&h, &plugin)
                 .map_err(EngineError::InvalidRequest)
                 .and_then(|grants| {
                     let ctx = JobContext {

@@ -33,8 +33,9 @@ pub mod state;
 mod table;
 pub mod tracking;
 
+pub(crate) use crate::model::truncated;
+pub(crate) use lifecycle::handler_options;
 pub use lifecycle::{DeleteMode, MAX_JSON_DEPTH, MAX_SPEC_BYTES, NewMigration};
-pub(crate) use lifecycle::{handler_options, truncated};
 pub use remote::Request;
 
 use crate::connectors::{ConnectionProvider, Grants};
@@ -65,6 +66,9 @@ pub enum EngineError {
     },
     #[error("{0}")]
     InvalidRequest(String),
+    /// A grant the plugin does not declare (see `runtime::declared`).
+    #[error("{0}")]
+    UndeclaredBinding(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -145,6 +149,15 @@ pub struct IndexedObject {
     pub result: ObjectResult,
 }
 
+/// `binding=connection, …`, as a job's grants read in an error.
+fn describe_grants(grants: &BTreeMap<String, String>) -> String {
+    grants
+        .iter()
+        .map(|(b, c)| format!("{b}={c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Called with the final snapshot whenever a job settles in a final state.
 pub type FinalHook = Box<dyn Fn(&JobSnapshot) + Send + Sync>;
 
@@ -166,20 +179,47 @@ pub(crate) struct Inner {
     ownership: std::sync::OnceLock<Arc<dyn ownership::Ownership>>,
     /// Loads a plugin by sha256 that this node has not loaded (uploaded through another node).
     plugin_source: std::sync::OnceLock<PluginSource>,
+    /// How long a request waits for a plugin still loading since start-up, in milliseconds.
+    plugin_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Loads the plugin with this sha256 into the registry, if the host keeps it somewhere.
 pub type PluginSource = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Inner {
-    /// The loaded plugin with this sha256, loaded now if the host keeps it but had not.
-    fn plugin_by_sha256(&self, sha256: &str) -> Option<Arc<crate::runtime::LoadedPlugin>> {
-        self.registry.by_sha256(sha256).or_else(|| {
+    /// The loaded plugin with this sha256, loaded now if the host keeps it but had not. While
+    /// start-up loads go on, waits for them: at most the request wait when `for_request`,
+    /// else (a job resuming in the background) until they end.
+    fn plugin_by_sha256(
+        &self,
+        sha256: &str,
+        for_request: bool,
+    ) -> Option<Arc<crate::runtime::LoadedPlugin>> {
+        let wait = for_request.then(|| self.plugin_wait());
+        self.registry.by_sha256_waiting(sha256, wait).or_else(|| {
             self.plugin_source.get().and_then(|load| {
                 load(sha256);
                 self.registry.by_sha256(sha256)
             })
         })
+    }
+
+    /// "Still loading" for a job pinned to `plugin` while start-up loads go on.
+    fn plugin_still_loading(&self, plugin: &job::PluginRef) -> Option<EngineError> {
+        let unfinished = self.registry.loads().unfinished();
+        (!unfinished.is_empty()).then(|| {
+            EngineError::Registry(RegistryError::StillLoading {
+                wanted: format!("{}@{}", plugin.name, plugin.version),
+                unfinished: unfinished.join(", "),
+            })
+        })
+    }
+
+    fn plugin_wait(&self) -> Duration {
+        Duration::from_millis(
+            self.plugin_wait_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn ownership(&self) -> Option<Arc<dyn ownership::Ownership>> {
@@ -188,17 +228,24 @@ impl Inner {
 
     /// The connectors a run of `handle`'s job may use, its state bucket fenced by the lease
     /// held now.
-    fn grants_for(&self, handle: &JobHandle) -> Result<Grants, String> {
+    fn grants_for(
+        &self,
+        handle: &JobHandle,
+        plugin: &crate::runtime::LoadedPlugin,
+    ) -> Result<Grants, String> {
         let grants = handle.lock().grants.clone();
-        self.connect_grants(handle.id(), &grants, handle.fence())
+        self.connect_grants(handle.id(), &grants, handle.fence(), plugin)
     }
 
     /// The connectors job `id` may use: each binding's named connection, and its state bucket.
+    /// Each must be of the kind `plugin` declares for it (if it declares bindings), and those
+    /// it declares read-only are.
     fn connect_grants(
         &self,
         id: &str,
         grants: &BTreeMap<String, String>,
         fence: Option<u64>,
+        plugin: &crate::runtime::LoadedPlugin,
     ) -> Result<Grants, String> {
         let mut connectors = Vec::with_capacity(grants.len());
         for (binding, connection) in grants {
@@ -213,7 +260,11 @@ impl Inner {
         for (binding, connector) in connectors {
             connected = connected.with(binding, connector);
         }
-        Ok(connected)
+        crate::runtime::declared::narrow(&plugin.label(), plugin.declared_bindings(), connected)
+            .map_err(|e| {
+                // Which connection it was, for the operator who granted it.
+                format!("{e} (grants: {})", describe_grants(grants))
+            })
     }
 
     /// A run ended: tell the final hooks if the job is now final.
@@ -258,6 +309,7 @@ impl Engine {
             max_results_per_step: crate::runtime::bounds::DEFAULT_MAX_RESULTS_PER_STEP.into(),
             ownership: Default::default(),
             plugin_source: Default::default(),
+            plugin_wait_ms: 30_000.into(),
         };
         Ok(Engine {
             inner: Arc::new(inner),
@@ -273,6 +325,15 @@ impl Engine {
     /// Where to find a plugin a job is pinned to that is not loaded here (set once, at start).
     pub fn set_plugin_source(&self, source: PluginSource) {
         let _ = self.inner.plugin_source.set(source);
+    }
+
+    /// How long a request (create, dry run) waits for a plugin still loading since start-up
+    /// before it is answered "still loading".
+    pub fn set_plugin_wait(&self, wait: Duration) {
+        self.inner.plugin_wait_ms.store(
+            wait.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// This node's id when it shares the store with others.

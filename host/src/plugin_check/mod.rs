@@ -108,12 +108,15 @@ impl RunWorld {
 
     fn context(
         &self,
+        plugin: &LoadedPlugin,
         setup: &CheckSetup,
         checkpoint: Option<Vec<u8>>,
         timeout: Duration,
     ) -> JobContext {
+        let grants = in_memory_grants(plugin, &self.job_state, &self.buckets, &setup.connections)
+            .expect("the grants were checked against the declaration first");
         JobContext {
-            grants: in_memory_grants(&self.job_state, &self.buckets, &setup.connections),
+            grants,
             events: self.events.clone(),
             checkpoint,
             force_stop: self.events.new_call(),
@@ -169,6 +172,23 @@ pub fn check(plugin: &LoadedPlugin, setup: &CheckSetup) -> CheckReport {
             info.kinds.join(", ")
         )),
     );
+    let clean = RunWorld::seeded(setup, None);
+    let granted = in_memory_grants(plugin, &clean.job_state, &clean.buckets, &setup.connections);
+    match (granted, plugin.declared_bindings()) {
+        (Err(e), _) => {
+            report.record("bindings", Duration::ZERO, Err(e));
+            return report;
+        }
+        (Ok(_), Some(declared)) => report.record(
+            "bindings",
+            Duration::ZERO,
+            Ok(format!(
+                "declared: {}",
+                crate::runtime::declared::list(declared)
+            )),
+        ),
+        (Ok(_), None) => {}
+    }
     let options = match JobOptions::default().with_overrides(&setup.options) {
         Ok(o) => o,
         Err(e) => {
@@ -199,7 +219,6 @@ pub fn check(plugin: &LoadedPlugin, setup: &CheckSetup) -> CheckReport {
         attempts: options.retry.attempts.max(1),
     };
 
-    let clean = RunWorld::seeded(setup, None);
     let Some(plan) = run.plan_and_validate(&clean, &mut report) else {
         run.collect_logs(&clean, "clean", &mut report);
         return report;
@@ -260,10 +279,10 @@ impl Lifecycle<'_> {
     fn plan_and_validate(&self, world: &RunWorld, report: &mut CheckReport) -> Option<Plan> {
         let before = (world.contents(), world.job_state.snapshot());
         let started = Instant::now();
-        let plan = flatten(
-            self.plugin
-                .plan(&world.context(self.setup, None, self.timeout), self.spec),
-        );
+        let plan = flatten(self.plugin.plan(
+            &world.context(self.plugin, self.setup, None, self.timeout),
+            self.spec,
+        ));
         let plan = match plan {
             Ok(plan) => {
                 report.record("plan", started.elapsed(), Ok(describe_plan(&plan)));
@@ -276,7 +295,7 @@ impl Lifecycle<'_> {
         };
         let started = Instant::now();
         let validated = flatten(self.plugin.validate(
-            &world.context(self.setup, None, self.timeout),
+            &world.context(self.plugin, self.setup, None, self.timeout),
             self.spec,
             &plan,
         ));
@@ -359,7 +378,7 @@ impl Lifecycle<'_> {
         let mut attempt = 1;
         let mut resumed = false;
         loop {
-            let ctx = world.context(self.setup, checkpoint.clone(), self.timeout);
+            let ctx = world.context(self.plugin, self.setup, checkpoint.clone(), self.timeout);
             let outcome = self.plugin.execute(&ctx, self.spec, step);
             if let Some(resume_from) = world.events.take_crash() {
                 checkpoint = resume_from;
@@ -390,7 +409,7 @@ impl Lifecycle<'_> {
         for step in steps.iter().rev().filter(|s| s.reversible) {
             let started = Instant::now();
             let result = flatten(self.plugin.rollback(
-                &world.context(self.setup, None, self.timeout),
+                &world.context(self.plugin, self.setup, None, self.timeout),
                 self.spec,
                 step,
             ))

@@ -12,10 +12,12 @@ pub mod bounds;
 pub mod cache;
 mod clock;
 pub mod contract;
+pub mod declared;
 pub mod error;
 pub mod events;
 pub(crate) mod guest_output;
 pub(crate) mod host_imports;
+pub mod loading;
 pub mod plugin;
 pub mod registry;
 pub mod sandbox;
@@ -86,6 +88,21 @@ pub type DirEntryLoad = (PathBuf, Result<Arc<LoadedPlugin>, LoadError>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadReport {
     pub cache: CacheOutcome,
+}
+
+/// The `*.wasm` files in `dir` (not recursively), by name.
+pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 pub struct Runtime {
@@ -168,17 +185,7 @@ impl Runtime {
 
     /// Load every `*.wasm` file in `dir` (not recursively). Each file loads or fails on its own.
     pub fn load_dir(&self, dir: &Path) -> Result<Vec<DirEntryLoad>, LoadError> {
-        let io = |source| LoadError::Io {
-            path: dir.display().to_string(),
-            source,
-        };
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-            .collect();
-        paths.sort();
-        Ok(paths
+        Ok(plugin_files(dir)?
             .into_iter()
             .map(|p| {
                 let r = self.load_file(&p);
@@ -205,6 +212,7 @@ impl Runtime {
         signature: Option<&signing::PluginSignature>,
     ) -> Result<(Arc<LoadedPlugin>, LoadReport), LoadError> {
         check_header(bytes)?;
+        let declared = declared::read_declared(bytes).map_err(LoadError::BadInfo)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
         let signed_by = self
             .config
@@ -272,6 +280,7 @@ impl Runtime {
             engine: self.engine.clone(),
             fuel_metering: self.config.fuel_metering,
             signed_by,
+            declared,
         };
         Ok((Arc::new(plugin), LoadReport { cache }))
     }

@@ -31,6 +31,8 @@ pub struct LoadedPlugin {
     pub(crate) fuel_metering: bool,
     /// The trusted key that signed it, by the name the operator gave it.
     pub(crate) signed_by: Option<String>,
+    /// The bindings it declares; `None` when it declares none (see [`super::declared`]).
+    pub(crate) declared: Option<Vec<super::declared::DeclaredBinding>>,
 }
 
 /// What one job hands a call: its grants, where events go, the step's last checkpoint and the
@@ -57,6 +59,9 @@ pub struct PluginSummary {
     pub limits: SandboxLimits,
     /// The trusted key that signed it (the name in `trusted_keys`); absent when unsigned.
     pub signed_by: Option<String>,
+    /// The bindings it declares it needs, to grant before running it; absent when it declares
+    /// none (then any binding may be granted).
+    pub bindings: Option<Vec<super::declared::DeclaredBinding>>,
 }
 
 /// The result of a call that ran to its end: the handler's own answer, which may be an error.
@@ -87,7 +92,7 @@ impl CallOutcome for v0_1::wit::PluginInfo {
 
 /// Raised from the epoch callback; turned into [`PluginFailure::Deadline`] or `ForceStopped`.
 #[derive(Debug, thiserror::Error)]
-enum Interrupted {
+pub(crate) enum Interrupted {
     #[error("deadline reached")]
     Deadline,
     #[error("force-stopped")]
@@ -137,7 +142,13 @@ impl LoadedPlugin {
             contract_version: self.contract.to_string(),
             limits: self.limits.clone(),
             signed_by: self.signed_by.clone(),
+            bindings: self.declared.clone(),
         }
+    }
+
+    /// The bindings it declares; `None` when it declares none.
+    pub fn declared_bindings(&self) -> Option<&[super::declared::DeclaredBinding]> {
+        self.declared.as_deref()
     }
 
     /// Hold what a call returned to the bounds of [`super::bounds`]: texts are cut, and a

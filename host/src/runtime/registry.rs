@@ -1,9 +1,11 @@
 //! Loaded plugins by name and version, resolved by semver requirement (`kv-copy@^1.2`).
 
+use super::loading::PluginLoads;
 use super::plugin::LoadedPlugin;
 use semver::{Version, VersionReq};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -29,6 +31,10 @@ pub enum RegistryError {
         "the plugin name '{name}' belongs to another publisher ({owner}); an admin may take it over explicitly (claim)"
     )]
     NameOwned { name: String, owner: String },
+    #[error(
+        "'{wanted}' is not loaded yet: this node is still loading plugins it found at start-up ({unfinished}); retry shortly, or watch /readyz/plugins"
+    )]
+    StillLoading { wanted: String, unfinished: String },
 }
 
 /// Who a plugin comes from. A name belongs to the publisher of its first loaded version: a
@@ -91,6 +97,8 @@ impl std::str::FromStr for PluginRequirement {
 #[derive(Default)]
 pub struct PluginRegistry {
     plugins: RwLock<BTreeMap<String, BTreeMap<Version, Entry>>>,
+    /// The plugins loading in the background since start-up.
+    loads: PluginLoads,
 }
 
 impl PluginRegistry {
@@ -182,6 +190,77 @@ impl PluginRegistry {
                     .collect::<Vec<_>>()
                     .join(", "),
             })
+    }
+
+    /// The start-up loads, for readiness and for the lookups below that wait for them.
+    pub fn loads(&self) -> &PluginLoads {
+        &self.loads
+    }
+
+    /// [`Self::resolve`], waiting up to `max_wait` while start-up loads go on: the plugin may
+    /// be the one still compiling. Then [`RegistryError::StillLoading`] if it is not there.
+    pub fn resolve_waiting(
+        &self,
+        requirement: &str,
+        max_wait: Duration,
+    ) -> Result<Arc<LoadedPlugin>, RegistryError> {
+        requirement.parse::<PluginRequirement>()?;
+        self.wait_for(requirement, Some(Instant::now() + max_wait), || {
+            self.resolve(requirement).ok()
+        })
+        .map_or_else(
+            || {
+                self.resolve(requirement)
+                    .map_err(|e| self.still_loading(requirement, e))
+            },
+            Ok,
+        )
+    }
+
+    /// [`Self::by_sha256`], waiting while start-up loads go on (at most `max_wait`, or until
+    /// they end).
+    pub fn by_sha256_waiting(
+        &self,
+        sha256: &str,
+        max_wait: Option<Duration>,
+    ) -> Option<Arc<LoadedPlugin>> {
+        self.wait_for(sha256, max_wait.map(|w| Instant::now() + w), || {
+            self.by_sha256(sha256)
+        })
+    }
+
+    fn wait_for(
+        &self,
+        wanted: &str,
+        deadline: Option<Instant>,
+        lookup: impl Fn() -> Option<Arc<LoadedPlugin>>,
+    ) -> Option<Arc<LoadedPlugin>> {
+        let mut logged = false;
+        loop {
+            let seen = self.loads.generation();
+            if let Some(found) = lookup() {
+                return Some(found);
+            }
+            if !logged && self.loads.in_progress() {
+                tracing::info!(wanted, "waiting for the plugins loading since start-up");
+                logged = true;
+            }
+            if !self.loads.wait_after(seen, deadline) {
+                return lookup();
+            }
+        }
+    }
+
+    /// `e`, or [`RegistryError::StillLoading`] when start-up loads still go on.
+    fn still_loading(&self, wanted: &str, e: RegistryError) -> RegistryError {
+        let unfinished = self.loads.unfinished();
+        if !self.loads.in_progress() || unfinished.is_empty() {
+            return e;
+        }
+        RegistryError::StillLoading {
+            wanted: wanted.to_string(),
+            unfinished: unfinished.join(", "),
+        }
     }
 
     pub fn by_sha256(&self, sha256: &str) -> Option<Arc<LoadedPlugin>> {

@@ -81,6 +81,8 @@ const PRESENT: u8 = 1;
 
 struct KvCopy;
 
+plover_sdk::declare_bindings!("source" => kv(read), "target" => kv(read_write));
+
 impl Handler for KvCopy {
     fn describe() -> PluginInfo {
         PluginInfo {

@@ -33,7 +33,7 @@ impl http::Host for CallState {
         let target = format!("{} {}", request.method, request.url);
         let sent = connection.send(
             request,
-            self.read_only(),
+            self.read_only_binding(&binding),
             self.wait_limit.deadline,
             &self.wait_limit.force_stop,
         );

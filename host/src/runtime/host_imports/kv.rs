@@ -52,8 +52,13 @@ impl CallState {
         len: usize,
     ) -> wasmtime::Result<Result<Arc<dyn KvBucket>, kv::KvError>> {
         let (binding, bucket) = self.bucket(handle)?;
-        if self.read_only() {
-            let what = format!("{what} on bucket '{binding}'");
+        if self.read_only_binding(&binding) {
+            let why = if self.read_only() {
+                ""
+            } else {
+                " (the plugin declares it read-only)"
+            };
+            let what = format!("{what} on bucket '{binding}'{why}");
             return Ok(Err(kv::KvError::ReadOnly(self.refuse(
                 "kv",
                 Refusal::ReadOnly,

@@ -99,6 +99,16 @@ impl CallState {
         self.access == Access::ReadOnly
     }
 
+    /// Whether writes through `binding` are refused: in a read-only call, or because the
+    /// plugin declared that it only reads it.
+    pub(crate) fn read_only_binding(&self, binding: &str) -> bool {
+        self.read_only()
+            || self
+                .job
+                .as_ref()
+                .is_some_and(|j| j.grants.is_read_only(binding))
+    }
+
     /// Count, log and (for writes) remember a refusal; returns `what` for the guest's error.
     pub(crate) fn refuse(
         &mut self,
@@ -237,6 +247,11 @@ impl job::Host for CallState {
         if let Some(job) = &mut self.job {
             job.checkpoint = Some(data.clone());
             job.events.checkpoint(data);
+        }
+        // A stop raised meanwhile (the one a simulated crash raises at this very checkpoint)
+        // ends the call here, before the guest writes anything more.
+        if self.wait_limit.force_stop.is_triggered() {
+            return Err(super::plugin::Interrupted::ForceStopped.into());
         }
         Ok(())
     }

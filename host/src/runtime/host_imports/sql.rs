@@ -130,7 +130,7 @@ impl sql::HostConnection for CallState {
         };
         if !self.sql.contains_key(&binding) {
             let bounds = CallBounds {
-                read_only: self.read_only(),
+                read_only: self.read_only_binding(&binding),
                 deadline: self.wait_limit.deadline,
                 force_stop: self.wait_limit.force_stop.clone(),
             };

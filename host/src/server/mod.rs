@@ -1,5 +1,8 @@
 //! `plover serve`: open the data directory, load plugins, resume interrupted jobs, serve the API.
 
+mod plugin_loading;
+pub use plugin_loading::sync_uploaded_plugins;
+
 use crate::api::audit::AuditLog;
 use crate::api::audit_records::PgAudit;
 use crate::api::error::AppError;
@@ -16,7 +19,7 @@ use crate::engine::Engine;
 use crate::engine::EngineError;
 use crate::engine::job::JobSnapshot;
 use crate::engine::ownership::Forwarded;
-use crate::runtime::{PluginRegistry, Publisher, Runtime, RuntimeConfig};
+use crate::runtime::{PluginRegistry, Runtime, RuntimeConfig};
 use crate::startup::{self, StartupStatus};
 use crate::store::{GroupFlush, JobStore, PgJobStore, SledJobStore, StoreErrorKind};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -37,75 +40,6 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-}
-
-/// Load every plugin: the host's directories (bundled) first, then the uploaded ones, each
-/// under the publisher its metadata names. A plugin that fails to load is logged and skipped.
-fn load_plugins(
-    runtime: &Runtime,
-    registry: &PluginRegistry,
-    bundled_dirs: &[std::path::PathBuf],
-    uploaded: &dyn UploadedPlugins,
-) -> anyhow::Result<()> {
-    let loaded = |from: String, result: Result<_, _>, publisher, claim| match result
-        .map_err(anyhow::Error::from)
-        .and_then(|p| Ok(registry.insert_from(p, publisher, claim)?))
-    {
-        Ok(p) => {
-            tracing::info!(plugin = %p.label(), sha256 = p.sha256(), from, "plugin loaded")
-        }
-        Err(e) => tracing::error!(from, error = %e, "plugin not loaded"),
-    };
-    for dir in bundled_dirs {
-        if !dir.exists() {
-            tracing::warn!(dir = %dir.display(), "plugin directory does not exist; skipped");
-            continue;
-        }
-        for (path, result) in runtime.load_dir(dir)? {
-            loaded(
-                path.display().to_string(),
-                result,
-                Publisher::Bundled,
-                false,
-            );
-        }
-    }
-    uploaded.for_each(&|_| false, &mut |from, bytes, meta| {
-        loaded(
-            from,
-            runtime.load_signed(&bytes, meta.signature.as_ref()),
-            meta.publisher,
-            meta.claimed,
-        )
-    })?;
-    Ok(())
-}
-
-/// Bring the uploaded plugins loaded here in line with the store another node changed: load
-/// the new ones (compiled once into this node's cache), unload the removed ones.
-pub fn sync_uploaded_plugins(state: &AppState) -> anyhow::Result<()> {
-    let registry = state.engine.registry();
-    let stored: std::collections::HashSet<String> = state.uploaded.shas()?.into_iter().collect();
-    for p in registry.list() {
-        if registry.publisher(p.name()) == Some(Publisher::Uploaded) && !stored.contains(p.sha256())
-        {
-            registry.remove(p.name(), p.version());
-            tracing::info!(plugin = %p.label(), "plugin removed through another node; unloaded");
-        }
-    }
-    state.uploaded.for_each(
-        &|sha| registry.by_sha256(sha).is_some(),
-        &mut |from, bytes, meta| match state
-            .runtime
-            .load_signed(&bytes, meta.signature.as_ref())
-            .map_err(anyhow::Error::from)
-            .and_then(|p| Ok(registry.insert_from(p, meta.publisher, meta.claimed)?))
-        {
-            Ok(p) => tracing::info!(plugin = %p.label(), from, "plugin uploaded through another node; loaded"),
-            Err(e) => tracing::error!(from, error = %e, "plugin not loaded"),
-        },
-    )?;
-    Ok(())
 }
 
 /// Everything the server runs on, opened from `config`, reporting what it waits for in
@@ -146,7 +80,6 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         Some(pool) => Box::new(PgPlugins::new(pool.clone())),
         None => Box::new(PluginDir::open(&config.data_dir.join("plugins"))?),
     };
-    load_plugins(&runtime, &registry, &config.plugin_dirs, uploaded.as_ref())?;
 
     let connections = Arc::new(HostConnections::new(
         SledBuckets::new(db.clone()),
@@ -162,6 +95,8 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         engine.set_concurrent_dry_calls(config.max_concurrent_dry_calls);
     }
     engine.set_max_results_per_step(config.max_object_results_per_step);
+    // A request for a plugin still compiling waits, but is answered before its own timeout.
+    engine.set_plugin_wait(Duration::from_secs(config.request_timeout_secs).mul_f64(0.9));
 
     let secure = config.secure_cookies;
     let (tokens, audit, sessions) = match store_pool {
@@ -207,7 +142,7 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         hooks.send(snap, "progress")
     }));
 
-    Ok(Arc::new(AppState {
+    let state = Arc::new(AppState {
         engine,
         runtime,
         uploaded,
@@ -218,7 +153,9 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         cluster: shared.map(|(_, cluster)| cluster),
         started_at: chrono::Utc::now(),
         node_name: config.node_name(),
-    }))
+    });
+    plugin_loading::load_in_background(&state, &config.plugin_dirs)?;
+    Ok(state)
 }
 
 /// Join the cluster of nodes on the store: forwarded requests are carried out by this node's
