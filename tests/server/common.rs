@@ -367,3 +367,23 @@ pub fn read_bucket(data_dir: &Path, name: &str) -> BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// The names of job `id`'s object results, read through the paged API, each asserted to
+/// appear once.
+pub fn object_names_once(server: &Server, id: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut after = None::<u64>;
+    loop {
+        let q = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let (_, page) = server.get(&format!("/migrations/{id}/objects?limit=5000{q}"), ADMIN);
+        let items = page["items"].as_array().unwrap();
+        if items.is_empty() {
+            return names;
+        }
+        for o in items {
+            let name = o["name"].as_str().unwrap().to_string();
+            assert!(names.insert(name.clone()), "{name} recorded twice");
+        }
+        after = page["next_after"].as_u64();
+    }
+}

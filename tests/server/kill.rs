@@ -2,7 +2,7 @@
 //! data directory each time, and check the job still ends with the exact target contents and
 //! exact object counts.
 
-use super::common::{ADMIN, Server, plugin_dir, read_bucket};
+use super::common::{ADMIN, Server, object_names_once, plugin_dir, read_bucket};
 use plover_host::connectors::{KvBucket, SledBuckets};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -100,24 +100,7 @@ fn sigkill_at_many_points_then_restart_completes_exactly() {
     assert_eq!(done["failed_objects"], 0);
 
     // Every object result exactly once, through the paged API.
-    let mut names = std::collections::BTreeSet::new();
-    let mut after = None::<u64>;
-    loop {
-        let q = after.map(|a| format!("&after={a}")).unwrap_or_default();
-        let (_, page) = server.get(&format!("/migrations/{id}/objects?limit=5000{q}"), ADMIN);
-        let items = page["items"].as_array().unwrap();
-        if items.is_empty() {
-            break;
-        }
-        for o in items {
-            assert!(
-                names.insert(o["name"].as_str().unwrap().to_string()),
-                "{} counted twice",
-                o["name"]
-            );
-        }
-        after = page["next_after"].as_u64();
-    }
+    let names = object_names_once(&server, &id);
     assert_eq!(names.len(), KEYS);
 
     let (data_dir, _) = server.kill();

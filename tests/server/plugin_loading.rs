@@ -3,7 +3,7 @@
 //! are ready, and jobs needing the one still compiling wait for it. With the bundled Python
 //! handler, json-reshape, killed mid-run and resumed by a node that has to compile it again.
 
-use super::common::{ADMIN, Server, WAIT, read_bucket};
+use super::common::{ADMIN, Server, WAIT, object_names_once, read_bucket};
 use plover_host::connectors::{KvBucket, SledBuckets};
 use plover_tests::artifacts;
 use serde_json::{Value, json};
@@ -180,21 +180,7 @@ fn a_python_plugin_compiling_at_start_up_blocks_nothing_and_jobs_that_need_it_wa
     let done = server.wait_for(&id, |j| j["status"] != "executing");
     assert_eq!(done["status"], "completed", "{}", done["errors"]);
     assert_eq!(done["failed_objects"], 0);
-    let mut names = std::collections::BTreeSet::new();
-    let mut after = None::<u64>;
-    loop {
-        let q = after.map(|a| format!("&after={a}")).unwrap_or_default();
-        let (_, page) = server.get(&format!("/migrations/{id}/objects?limit=5000{q}"), ADMIN);
-        let items = page["items"].as_array().unwrap();
-        if items.is_empty() {
-            break;
-        }
-        for o in items {
-            let name = o["name"].as_str().unwrap().to_string();
-            assert!(names.insert(name.clone()), "{name} recorded twice");
-        }
-        after = page["next_after"].as_u64();
-    }
+    let names = object_names_once(&server, &id);
     assert_eq!(names.len(), DOCUMENTS, "every document recorded once");
 
     let (data_dir, _) = server.kill();
