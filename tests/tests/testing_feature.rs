@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-fn normal_dependencies(features: &[&str]) -> BTreeSet<String> {
+/// The crates `plover-host` depends on, directly (`direct`) or through anything.
+fn normal_dependencies(features: &[&str], direct: bool) -> BTreeSet<String> {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let out = Command::new(env!("CARGO"))
         .current_dir(root)
@@ -21,6 +22,11 @@ fn normal_dependencies(features: &[&str]) -> BTreeSet<String> {
         ])
         .args(["--prefix", "none", "--format", "{p}"])
         .args(features)
+        .args(if direct {
+            &["--depth", "1"][..]
+        } else {
+            &[][..]
+        })
         .output()
         .unwrap();
     assert!(
@@ -46,14 +52,22 @@ fn the_testing_feature_leaves_the_server_and_its_dependencies_out() {
         "zstd",
         "tracing-subscriber",
     ];
-    let full = normal_dependencies(&[]);
+    // Direct dependencies only: reqwest itself pulls in tower-http, which is not the server's.
+    let full = normal_dependencies(&[], true);
     for name in server_only {
         assert!(full.contains(name), "the server depends on {name}");
     }
-    let testing = normal_dependencies(&["--no-default-features", "--features", "testing"]);
+    let testing_flags = ["--no-default-features", "--features", "testing"];
+    let testing_direct = normal_dependencies(&testing_flags, true);
     for name in server_only {
-        assert!(!testing.contains(name), "testing pulls in {name}");
+        assert!(!testing_direct.contains(name), "testing pulls in {name}");
     }
+    let testing = normal_dependencies(&testing_flags, false);
+    assert!(
+        !testing.contains("axum") && !testing.contains("refinery"),
+        "nothing the connectors use brings in the HTTP server or the migrations"
+    );
+    let full = normal_dependencies(&[], false);
     for name in ["wasmtime", "redis", "postgres", "reqwest"] {
         assert!(
             testing.contains(name),
