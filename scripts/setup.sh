@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Plover needs on a fresh machine, idempotently:
-# the wasm32-wasip2 Rust target, rustfmt and clippy; with --services (what the tests need)
+# the wasm32-wasip2 Rust target, rustfmt and clippy; with --python also the pinned Python tools
+# (below); with --services (what the tests need)
 # also the Python tools the tests run (an OpenAPI validator, the schemathesis fuzzer, and
 # componentize-py, which builds the Python guests; pinned, in target/py-tools), headless Chromium and ChromeDriver from
 # the distribution's packages (the console's browser tests), and makes sure the local
@@ -18,7 +19,8 @@ for component in rustfmt clippy; do
     fi
 done
 
-if [[ "${1:-}" == "--services" ]]; then
+# --python (what serve.sh needs to build the bundled Python handler) or --services.
+if [[ "${1:-}" == "--services" || "${1:-}" == "--python" ]]; then
     PY_TOOLS=target/py-tools
     PY_PINS="schemathesis==4.32.5 openapi-spec-validator==0.9.0 componentize-py==0.25.0"
     if [[ "$(cat "$PY_TOOLS/pins" 2>/dev/null)" != "$PY_PINS" ]]; then
@@ -29,6 +31,9 @@ if [[ "${1:-}" == "--services" ]]; then
         "$PY_TOOLS/bin/pip" install --quiet --disable-pip-version-check $PY_PINS
         echo "$PY_PINS" > "$PY_TOOLS/pins"
     fi
+fi
+
+if [[ "${1:-}" == "--services" ]]; then
     if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
         echo "setup: installing chromium and chromium-driver (the console's browser tests)"
         if [[ $(id -u) -eq 0 ]]; then apt=(apt-get); else apt=(sudo apt-get); fi

@@ -162,7 +162,39 @@ fn build_python_guests(root: &Path, workspace: &Path, out: &Path) {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        // What `plover plugin declare` does for a partner's Python plugin, done here because the
+        // host is not built yet: the host checks the declaration when it loads the component.
+        let declared = dir.join("bindings.json");
+        if declared.exists() {
+            let payload = std::fs::read(&declared).unwrap();
+            let mut component = std::fs::read(&wasm).unwrap();
+            append_custom_section(&mut component, "plover:bindings", &payload);
+            std::fs::write(&wasm, component).unwrap();
+        }
     }
+}
+
+/// Append a top-level custom section (id 0: name, then payload) to a component binary; custom
+/// sections may come anywhere, so appending keeps it valid.
+fn append_custom_section(wasm: &mut Vec<u8>, name: &str, payload: &[u8]) {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    wasm.push(0);
+    leb128(body.len(), wasm);
+    wasm.extend_from_slice(&body);
 }
 
 /// When the newest file under `dir` changed.

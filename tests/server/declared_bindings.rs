@@ -145,6 +145,49 @@ fn plover_plugin_declare_writes_a_declaration_or_refuses_clearly() {
     }
     assert_eq!(std::fs::read(&component).unwrap(), before, "left as it was");
 
+    // From a bindings file kept beside the source (what json-reshape does), plus a flag.
+    let file = dir.path().join("bindings.json");
+    std::fs::write(
+        &file,
+        r#"[{"name": "source", "kind": "kv", "access": "read", "description": "documents"}]"#,
+    )
+    .unwrap();
+    let from = file.to_str().unwrap();
+    let (code, out) = run_plover(
+        &[
+            "plugin",
+            "declare",
+            path,
+            "--from",
+            from,
+            "--binding",
+            "target=kv:read-write",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let declared = read_declared(&std::fs::read(&component).unwrap())
+        .unwrap()
+        .unwrap();
+    let names: Vec<_> = declared.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["source", "target"], "replaced, file first");
+    assert_eq!(declared[0].access, BindingAccess::Read);
+
+    let before = std::fs::read(&component).unwrap();
+    std::fs::write(
+        &file,
+        r#"[{"name": "source", "kind": "kv", "acces": "read"}]"#,
+    )
+    .unwrap();
+    let (code, out) = run_plover(&["plugin", "declare", path, "--from", from], None, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("bindings.json") && out.contains("unknown field `acces`"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&component).unwrap(), before, "left as it was");
+
     let not_wasm = dir.path().join("notes.wasm");
     std::fs::write(&not_wasm, "hello").unwrap();
     let (code, out) = run_plover(

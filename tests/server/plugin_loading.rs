@@ -172,11 +172,34 @@ fn a_python_plugin_compiling_at_start_up_blocks_nothing_and_jobs_that_need_it_wa
     let (data_dir, plugin_dir) = server.kill();
     std::fs::remove_dir_all(data_dir.join("cache")).unwrap();
 
-    let server = Server::launch(&data_dir, &plugin_dir, config);
+    // This node lets a request wait for a plugin only 90 % of 2 s.
+    let server = Server::launch(&data_dir, &plugin_dir, "request_timeout_secs = 2\n");
     let (status, line) = load_state(&server, &reshape_file);
     assert_eq!(status, 503, "{line}");
     let resumed = server.job(&id);
     assert_eq!(resumed["status"], "executing", "{resumed}");
+
+    // A new job for json-reshape waits that long, then is refused and nothing is created.
+    let refused = server
+        .http
+        .post(format!("{}/api/v1/migrations", server.url))
+        .bearer_auth(ADMIN)
+        .json(&reshape_job())
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "2");
+    let refused: Value = refused.json().unwrap();
+    assert_eq!(refused["code"], "plugin-loading", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("json-reshape"),
+        "{refused}"
+    );
+    let (_, list) = server.get("/migrations", ADMIN);
+    assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
     let done = server.wait_for(&id, |j| j["status"] != "executing");
     assert_eq!(done["status"], "completed", "{}", done["errors"]);
     assert_eq!(done["failed_objects"], 0);

@@ -69,7 +69,8 @@ fn json_reshape_runs_its_lifecycle_and_resumes_after_a_crash_exactly() {
         "crashed after checkpoint 2, resumed from it",
         "restored 0 documents, deleted 40",
         "every bucket is as it was seeded",
-        "PASS: 14 checks",
+        "declared: source (key-value, read), target (key-value, read-write)",
+        "PASS: 15 checks",
     ] {
         assert!(report.contains(expected), "{expected:?} in\n{report}");
     }

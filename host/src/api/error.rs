@@ -50,6 +50,9 @@ impl AppError {
     }
 }
 
+/// What a 503 answer's `Retry-After` says, in seconds.
+const RETRY_AFTER_SECS: &str = "2";
+
 /// The body of every error response.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -67,7 +70,16 @@ impl IntoResponse for AppError {
             message: self.message,
             details: self.details,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        // Every 503 here is passing (a plugin still loading, a busy node, an owner being
+        // replaced): tell clients when to try again rather than leave them to guess.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

@@ -176,6 +176,11 @@ enum PluginCommand {
         /// repeatable (none: declares that it needs no bindings).
         #[arg(long = "binding")]
         bindings: Vec<String>,
+        /// A JSON file listing bindings as the section holds them (`[{"name": "source",
+        /// "kind": "kv", "access": "read"}, …]`), e.g. a `bindings.json` kept beside the
+        /// plugin's source; `--binding`s are added after its entries.
+        #[arg(long)]
+        from: Option<PathBuf>,
         /// Where to write the declared component (default: in place).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -265,8 +270,9 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Declare {
             file,
             bindings,
+            from,
             out,
-        }) => plugin_declare::declare(&file, &bindings, out),
+        }) => plugin_declare::declare(&file, from.as_deref(), &bindings, out),
         Command::Plugin(PluginCommand::Sign { file, key, out }) => {
             plugin_sign::sign(&file, &key, out)
         }

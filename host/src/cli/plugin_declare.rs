@@ -34,13 +34,26 @@ pub fn parse_binding(text: &str) -> Result<DeclaredBinding, String> {
     })
 }
 
-/// Declare `bindings` in the component `file`, writing it to `out` (default: in place).
-pub fn declare(file: &Path, bindings: &[String], out: Option<PathBuf>) -> ExitCode {
+/// Declare the bindings listed in `from` (a JSON file), then `bindings`, in the component
+/// `file`, writing it to `out` (default: in place).
+pub fn declare(
+    file: &Path,
+    from: Option<&Path>,
+    bindings: &[String],
+    out: Option<PathBuf>,
+) -> ExitCode {
     let result = (|| {
-        let bindings = bindings
-            .iter()
-            .map(|b| parse_binding(b))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut listed = match from {
+            Some(path) => {
+                let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                declared::parse(&data).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => vec![],
+        };
+        for b in bindings {
+            listed.push(parse_binding(b)?);
+        }
+        let bindings = listed;
         let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let declared =
             declared::declare(&bytes, &bindings).map_err(|e| format!("{}: {e}", file.display()))?;
