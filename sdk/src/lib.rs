@@ -684,7 +684,7 @@ macro_rules! plugin_info {
 /// Kinds: `kv`, `sql`, `http`; access: `read`, `read_write`. Without a declaration a handler
 /// may be granted any binding, as before.
 ///
-/// ```ignore
+/// ```no_run
 /// plover_sdk::declare_bindings!("source" => kv(read), "target" => kv(read_write));
 /// ```
 ///
