@@ -6,11 +6,11 @@
 //! Run: `cargo bench -p plover-tests --bench python` (add `-- --quick` for a smoke run).
 //! Every figure is a median over repeated samples taken in this one run.
 
-use plover_host::model::{MigrationSpec, PlanStep, StepKind};
+use plover_host::model::{MigrationSpec, PlanStep};
 use plover_host::runtime::{Runtime, RuntimeConfig, SandboxLimits};
 use plover_host::testing::TestHarness;
 use plover_tests::artifacts;
-use plover_tests::bench::median;
+use plover_tests::bench::{bare_step, median};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,19 +50,6 @@ fn call(h: &TestHarness, spec: &MigrationSpec, step: &PlanStep, reps: usize) -> 
             .map(|_| time(|| drop(h.execute(spec, step, None).unwrap())))
             .collect(),
     )
-}
-
-/// A step of `id` without a plan (the Rust probe takes any step id it knows).
-fn bare_step(id: &str) -> PlanStep {
-    PlanStep {
-        id: id.into(),
-        kind: StepKind::Migration,
-        description: String::new(),
-        depends_on: vec![],
-        expected_objects: None,
-        reversible: true,
-        resumable: true,
-    }
 }
 
 fn per_import(rust: &TestHarness, python: &TestHarness, calls: u64, reps: usize) -> [Duration; 2] {

@@ -6,9 +6,7 @@
 //! Every figure is a median over repeated samples taken in this one run.
 
 use plover_host::connectors::{KvBucket, SledBuckets};
-use plover_host::model::{
-    LogLevel, MigrationOptions, MigrationSpec, ObjectResult, ObjectStatus, PlanStep, StepKind,
-};
+use plover_host::model::{LogLevel, MigrationOptions, MigrationSpec, ObjectResult, ObjectStatus};
 use plover_host::runtime::{ForceStop, JobContext, JobEvents, Runtime, RuntimeConfig};
 use plover_tests::artifacts;
 use serde_json::json;
@@ -39,7 +37,7 @@ impl JobEvents for CountingEvents {
     }
 }
 
-use plover_tests::bench::median;
+use plover_tests::bench::{bare_step, median};
 
 fn sample(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
     median((0..n).map(|_| f()).collect())
@@ -59,18 +57,6 @@ fn fmt(d: Duration) -> String {
         format!("{:.1} µs", ns as f64 / 1e3)
     } else {
         format!("{:.1} ms", ns as f64 / 1e6)
-    }
-}
-
-fn step(id: &str) -> PlanStep {
-    PlanStep {
-        id: id.into(),
-        kind: StepKind::Migration,
-        description: String::new(),
-        depends_on: vec![],
-        expected_objects: None,
-        reversible: true,
-        resumable: true,
     }
 }
 
@@ -158,11 +144,11 @@ fn main() {
     let (one, many) = (1u32, 10_001u32);
     let per_call = sample(reps, || {
         let a = time(|| {
-            p.bench_execute_repeatedly(&job, &noop_spec, &step("noop"), one)
+            p.bench_execute_repeatedly(&job, &noop_spec, &bare_step("noop"), one)
                 .unwrap()
         });
         let b = time(|| {
-            p.bench_execute_repeatedly(&job, &noop_spec, &step("noop"), many)
+            p.bench_execute_repeatedly(&job, &noop_spec, &bare_step("noop"), many)
                 .unwrap()
         });
         b.saturating_sub(a) / (many - one)
@@ -174,11 +160,11 @@ fn main() {
     let zero_spec = spec("probe", json!({ "calls": 0 }), &[]);
     let per_import = sample(reps, || {
         let base = time(|| {
-            p.bench_execute_repeatedly(&job, &zero_spec, &step("import-loop"), 1)
+            p.bench_execute_repeatedly(&job, &zero_spec, &bare_step("import-loop"), 1)
                 .unwrap()
         });
         let full = time(|| {
-            p.bench_execute_repeatedly(&job, &loop_spec, &step("import-loop"), 1)
+            p.bench_execute_repeatedly(&job, &loop_spec, &bare_step("import-loop"), 1)
                 .unwrap()
         });
         full.saturating_sub(base) / calls as u32
@@ -237,7 +223,7 @@ fn main() {
             call_timeout: None,
         };
         let t = time(|| {
-            kv.execute(&job, &copy_spec, &step("copy"))
+            kv.execute(&job, &copy_spec, &bare_step("copy"))
                 .unwrap()
                 .unwrap();
         });

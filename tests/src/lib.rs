@@ -20,6 +20,20 @@ pub mod bench {
         samples[samples.len() / 2]
     }
 
+    /// A migration step called `id` with no plan behind it, for benchmarks that call one
+    /// step directly (the probes take any step id they know).
+    pub fn bare_step(id: &str) -> plover_host::model::PlanStep {
+        plover_host::model::PlanStep {
+            id: id.into(),
+            kind: plover_host::model::StepKind::Migration,
+            description: String::new(),
+            depends_on: vec![],
+            expected_objects: None,
+            reversible: true,
+            resumable: true,
+        }
+    }
+
     /// This process's resident memory, in bytes.
     pub fn resident_bytes() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
