@@ -68,6 +68,12 @@ pub struct PlanStep {
     pub expected_objects: Option<u64>,
     pub reversible: bool,
     pub resumable: bool,
+    /// The worker queue that executes the step instead of the plugin (contract 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// How long the handler expects the step to take (contract 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -83,6 +89,22 @@ pub struct Plan {
     pub steps: Vec<PlanStep>,
     pub risk: RiskLevel,
     pub risk_notes: Vec<String>,
+    /// How long the handler expects the whole migration to take (contract 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_duration_ms: Option<u64>,
+}
+
+impl Plan {
+    /// The plan's own estimate, or else the sum of its steps' when every step has one.
+    pub fn estimate_ms(&self) -> Option<u64> {
+        self.estimated_duration_ms.or_else(|| {
+            self.steps
+                .iter()
+                .map(|s| s.estimated_duration_ms)
+                .sum::<Option<u64>>()
+                .filter(|_| !self.steps.is_empty())
+        })
+    }
 }
 
 #[derive(
@@ -136,9 +158,21 @@ pub struct ObjectResult {
     pub duration_micros: u64,
 }
 
+/// How a step ended (contract 0.2; a 0.1 step is always complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepOutcome {
+    #[default]
+    Complete,
+    /// Some objects failed and the handler tolerates it: the job ends `partial`.
+    Partial,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepReport {
     pub summary: String,
+    #[serde(default)]
+    pub outcome: StepOutcome,
 }
 
 /// The error taxonomy handlers and the engine share.
@@ -164,6 +198,29 @@ pub struct MigrationError {
     pub kind: ErrorKind,
     pub message: String,
     pub retryable: bool,
+    /// What an operator can do next, most useful first (contract 0.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovery: Vec<RecoveryAction>,
+}
+
+impl MigrationError {
+    /// An error with no recovery actions.
+    pub fn new(kind: ErrorKind, message: impl Into<String>, retryable: bool) -> Self {
+        MigrationError {
+            kind,
+            message: message.into(),
+            retryable,
+            recovery: vec![],
+        }
+    }
+}
+
+/// Something an operator can do about an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecoveryAction {
+    /// A short machine-readable code, e.g. `retry-objects`.
+    pub action: String,
+    pub description: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -341,7 +341,21 @@ impl TestHarness {
     ) -> Result<StepReport, HarnessError> {
         Ok(self
             .plugin
-            .execute(&self.context(checkpoint), spec, step)??)
+            .execute(&self.context(checkpoint), spec, step, None)??)
+    }
+
+    /// Execute `step` for only the objects named (what the server does when an operator
+    /// retries a step's failed objects). Contract 0.2 handlers only: a 0.1 handler's answer
+    /// is an `invalid-spec` error saying its contract cannot.
+    pub fn execute_objects(
+        &self,
+        spec: &MigrationSpec,
+        step: &PlanStep,
+        objects: &[String],
+    ) -> Result<StepReport, HarnessError> {
+        Ok(self
+            .plugin
+            .execute(&self.context(None), spec, step, Some(objects))??)
     }
 
     /// Execute `step` from `checkpoint` and stop it the way a host crash would, right after
@@ -369,7 +383,7 @@ impl TestHarness {
         let mut ctx = self.context(checkpoint);
         ctx.events = crashing.clone();
         ctx.force_stop = crashing.stop.clone();
-        let outcome = self.plugin.execute(&ctx, spec, step);
+        let outcome = self.plugin.execute(&ctx, spec, step, None);
         if crashing.stop.is_triggered() {
             return Ok(Crash::Crashed {
                 resume_from: self.events.last_checkpoint(),

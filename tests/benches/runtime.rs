@@ -223,7 +223,7 @@ fn main() {
             call_timeout: None,
         };
         let t = time(|| {
-            kv.execute(&job, &copy_spec, &bare_step("copy"))
+            kv.execute(&job, &copy_spec, &bare_step("copy"), None)
                 .unwrap()
                 .unwrap();
         });

@@ -137,7 +137,7 @@ fn copy(
     };
     let t = Instant::now();
     plugin
-        .execute(&ctx, &job.spec, &job.plan.steps[0])
+        .execute(&ctx, &job.spec, &job.plan.steps[0], None)
         .unwrap()
         .unwrap();
     // The step's completion commits what the last checkpoints left, as the engine does.

@@ -598,6 +598,7 @@ fn openapi_document_matches_the_routes() {
         ("GET", "/api/v1/migrations/{id}"),
         ("DELETE", "/api/v1/migrations/{id}"),
         ("POST", "/api/v1/migrations/{id}/{action}"),
+        ("POST", "/api/v1/migrations/{id}/retry-objects"),
         ("GET", "/api/v1/migrations/{id}/logs"),
         ("GET", "/api/v1/migrations/{id}/objects"),
         ("GET", "/api/v1/migrations/{id}/events"),

@@ -195,3 +195,53 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn retry_objects_reruns_a_partial_jobs_failures_and_status_shows_recovery_actions() {
+    use super::contract_0_2::{import, upload_tolerant_copy};
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let s = Server::start(data.path(), plugins.path());
+    upload_tolerant_copy(&s);
+    import(&s, "cli-src", &[("a", "1"), ("b", "bad")]);
+    let job = |parameters: serde_json::Value| {
+        s.create(&serde_json::json!({
+            "handler": "contract-v0-2-0", "parameters": parameters,
+            "grants": { "source": "cli-src", "target": "cli-dst" },
+            "options": { "auto_rollback": false },
+        }))
+    };
+    let strict = job(serde_json::json!({ "tolerate": false }));
+    let out = plover(&s, &["run", &strict, "--follow"]);
+    let followed = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{followed}");
+    assert!(
+        followed.contains("try fix-source: correct the values"),
+        "{followed}"
+    );
+    let report = text(&plover(&s, &["status", &strict]));
+    assert!(
+        report.contains("    try rollback: roll back what was copied"),
+        "{report}"
+    );
+
+    let id = job(serde_json::json!({}));
+    let out = plover(&s, &["run", &id, "--follow"]);
+    let followed = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "partial is not completed: {followed}"
+    );
+    assert!(followed.contains("outcome: partial"), "{followed}");
+    let refused = plover(&s, &["retry-objects", &id, "--step", "nope"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    import(&s, "cli-src", &[("b", "2")]);
+    let out = plover(&s, &["retry-objects", &id, "--wait"]);
+    let followed = text(&out);
+    assert!(out.status.success(), "{followed}");
+    assert!(
+        followed.contains("outcome: completed (2 objects completed, 0 failed"),
+        "{followed}"
+    );
+}

@@ -1,10 +1,12 @@
 //! The web console in a real browser (headless Chromium over WebDriver) against the real
 //! server: sign in, plan a kv-copy from the form, dry-run it, run it and watch it finish live,
 //! download its results; cancel, retry and roll back; what a viewer sees; CSRF and sessions;
-//! an event stream dropped mid-job. Screenshots land in `target/console-screenshots` (or in
+//! an event stream dropped mid-job; a partial migration's failures, recovery actions and the
+//! retry of its failed objects. Screenshots land in `target/console-screenshots` (or in
 //! `docs/` with `PLOVER_SCREENSHOTS=1`, to refresh the ones the README shows).
 
 use super::common::{ADMIN, Server, plugin_dir};
+use super::contract_0_2::{import, upload_tolerant_copy};
 use plover_tests::browser::{Browser, screenshot_dir};
 use serde_json::{Value, json};
 
@@ -378,5 +380,56 @@ fn the_job_page_resumes_its_event_stream_after_drops_without_gaps_or_repeats() {
         b.text_of(".stats").contains("120"),
         "{}",
         b.text_of(".stats")
+    );
+}
+
+#[test]
+fn recovery_actions_show_and_a_partial_migration_retries_its_failed_objects_from_the_page() {
+    let (s, _d, _p) = server();
+    upload_tolerant_copy(&s);
+    import(&s, "con-src", &[("a", "1"), ("b", "bad")]);
+    let job = |parameters: Value| {
+        s.create(&json!({
+            "handler": "contract-v0-2-0", "parameters": parameters,
+            "grants": { "source": "con-src", "target": "con-dst" },
+            "options": { "auto_rollback": false },
+        }))
+    };
+    let strict = job(json!({ "tolerate": false }));
+    let tolerant = job(json!({}));
+    let b = Browser::start(1280, 900);
+    sign_in(&b, &s, ADMIN);
+
+    b.goto(&format!("{}/#/jobs/{strict}", s.url));
+    wait_status(&b, "planned");
+    click_action(&b, "execute");
+    wait_status(&b, "failed");
+    let errors = b.text_of("#err-h + ul");
+    assert!(
+        errors.contains("fix-source") && errors.contains("correct the values that read 'bad'"),
+        "the handler's recovery actions are shown: {errors}"
+    );
+
+    b.goto(&format!("{}/#/jobs/{tolerant}", s.url));
+    wait_status(&b, "planned");
+    click_action(&b, "execute");
+    wait_status(&b, "partial");
+    let cards = b.text_of(".stat.bad");
+    assert!(cards.contains('1'), "one failed object: {cards}");
+    let step = b.text_of("li.step[data-step=copy]");
+    assert!(
+        step.contains("estimated 40 ms") && step.contains("partial: some objects failed"),
+        "the step shows its estimate and outcome: {step}"
+    );
+    import(&s, "con-src", &[("b", "2")]);
+    click_action(&b, "retry-objects");
+    wait_status(&b, "completed");
+    let done = s.job(&tolerant);
+    assert_eq!(
+        (
+            done["completed_objects"].as_u64(),
+            done["failed_objects"].as_u64()
+        ),
+        (Some(2), Some(0))
     );
 }

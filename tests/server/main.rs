@@ -10,6 +10,7 @@ mod conformance;
 mod connectors;
 mod console;
 mod console_api;
+mod contract_0_2;
 mod declared_bindings;
 mod durability;
 mod hardening;

@@ -31,6 +31,8 @@ pub mod bench {
             expected_objects: None,
             reversible: true,
             resumable: true,
+            queue: None,
+            estimated_duration_ms: None,
         }
     }
 

@@ -36,12 +36,14 @@ fn the_step() -> plover_host::model::PlanStep {
         expected_objects: None,
         reversible: false,
         resumable: false,
+        queue: None,
+        estimated_duration_ms: None,
     }
 }
 
 fn execute_error(mode: &str, size: usize) -> PluginError {
     let (h, spec) = misbehave(mode, size);
-    match h.plugin.execute(&h.context(None), &spec, &the_step()) {
+    match h.plugin.execute(&h.context(None), &spec, &the_step(), None) {
         Err(e) => e,
         Ok(r) => panic!("mode {mode}: expected the sandbox to stop execute, got {r:?}"),
     }
@@ -83,7 +85,7 @@ fn oversized_texts_are_cut_and_marked() {
     let (h, spec) = misbehave("huge-error", 10 << 20);
     let e = h
         .plugin
-        .execute(&h.context(None), &spec, &the_step())
+        .execute(&h.context(None), &spec, &the_step(), None)
         .unwrap()
         .unwrap_err();
     assert!(
@@ -99,7 +101,7 @@ fn oversized_texts_are_cut_and_marked() {
     let (h, spec) = misbehave("huge-summary", 10 << 20);
     let report = h
         .plugin
-        .execute(&h.context(None), &spec, &the_step())
+        .execute(&h.context(None), &spec, &the_step(), None)
         .unwrap()
         .unwrap();
     assert!(report.summary.len() <= bounds::MAX_MESSAGE);
@@ -107,7 +109,7 @@ fn oversized_texts_are_cut_and_marked() {
 
     let (h, spec) = misbehave("long-names", 10_000);
     h.plugin
-        .execute(&h.context(None), &spec, &the_step())
+        .execute(&h.context(None), &spec, &the_step(), None)
         .unwrap()
         .unwrap();
     let objects = h.events.objects.lock().unwrap().clone();
@@ -190,7 +192,7 @@ fn per_call_bounds_on_reports_stop_the_call_naming_the_import() {
     // At the bound itself, both are fine.
     let (h, spec) = misbehave("many-objects", 10_000);
     h.plugin
-        .execute(&h.context(None), &spec, &the_step())
+        .execute(&h.context(None), &spec, &the_step(), None)
         .unwrap()
         .unwrap();
     assert_eq!(h.events.object_count(), 10_000);

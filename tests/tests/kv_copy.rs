@@ -145,7 +145,7 @@ fn cancelled_copy_resumes_from_its_checkpoint_without_double_counting() {
     ctx.events = events.clone();
     let err = h
         .plugin
-        .execute(&ctx, &spec, &plan.steps[0])
+        .execute(&ctx, &spec, &plan.steps[0], None)
         .unwrap()
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Cancelled);

@@ -156,6 +156,7 @@ fn write_during_validate_is_refused_and_fails_the_call() {
         steps: vec![],
         risk: plover_host::model::RiskLevel::Low,
         risk_notes: vec![],
+        estimated_duration_ms: None,
     };
     let before = h.bucket_snapshot("data");
     let err = h
@@ -189,6 +190,8 @@ fn write_during_validate_is_refused_and_fails_the_call() {
         expected_objects: None,
         reversible: false,
         resumable: false,
+        queue: None,
+        estimated_duration_ms: None,
     };
     h.execute(&spec, &step, None).unwrap();
     assert_eq!(
@@ -238,7 +241,7 @@ fn panic_in_execute_names_the_step() {
         .remove(0);
     let err = h
         .plugin
-        .execute(&h.context(None), &spec, &step)
+        .execute(&h.context(None), &spec, &step, None)
         .unwrap_err();
     assert_eq!(err.call, Call::Execute("only".into()));
     assert!(
@@ -399,6 +402,9 @@ fn incompatible_contract_version_names_both_versions() {
     let err = load_error(&bytes);
     assert!(matches!(err, LoadError::ContractVersion { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("plover:migration@0.2.0"), "{message}");
-    assert!(message.contains("plover:migration@0.1.1"), "{message}");
+    assert!(message.contains("plover:migration@1.0.0"), "{message}");
+    assert!(
+        message.contains("plover:migration@0.2.0 and plover:migration@0.1.1"),
+        "{message}"
+    );
 }

@@ -272,7 +272,10 @@ fn a_copy_killed_mid_batch_keeps_exactly_the_checkpointed_rows_and_resumes_to_th
         seen: AtomicUsize::new(0),
         stop,
     });
-    let killed = s.h.plugin.execute(&ctx, &spec, &plan.steps[1]).unwrap_err();
+    let killed =
+        s.h.plugin
+            .execute(&ctx, &spec, &plan.steps[1], None)
+            .unwrap_err();
     assert_eq!(killed.cause, PluginFailure::ForceStopped, "{killed}");
     // Redis pages are about, not exactly, the batch size: the checkpoint says how many it covers.
     let checkpoint = recorded.checkpoints.lock().unwrap()[2].clone();

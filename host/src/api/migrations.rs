@@ -9,7 +9,7 @@ use super::extract::{ApiPath, ApiQuery, JsonBody, blocking};
 use crate::engine::job::JobSnapshot;
 use crate::engine::state::JobStatus;
 use crate::engine::{
-    DeleteMode, IndexedObject, JobPage, ListFilter, LogLine, NewMigration, Request,
+    DeleteMode, IndexedObject, JobPage, ListFilter, LogLine, NewMigration, ObjectFilter, Request,
 };
 use crate::model::ObjectStatus;
 use axum::Json;
@@ -130,11 +130,11 @@ pub async fn act(
     AsOperator(caller): AsOperator,
     ApiPath((id, action)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
-    let engine = s.engine.clone();
-    let actor = caller.name.clone();
     let request = match action.as_str() {
         "dry-run" => Some(Request::Act(crate::engine::state::Action::Validate)),
+        // Forwarding encodes these; a request names them through their own routes.
         "delete" | "delete-force" => None,
+        a if a.starts_with("retry-objects") => None,
         other => Request::parse(other),
     }
     .ok_or_else(|| {
@@ -143,6 +143,17 @@ pub async fn act(
             crate::engine::truncated(&action, 40)
         ))
     })?;
+    accepted(&s, id, request, caller.name).await
+}
+
+/// Carry out `request` on the job's node and answer 202 with the snapshot after it.
+async fn accepted(
+    s: &AppState,
+    id: String,
+    request: Request,
+    actor: String,
+) -> Result<(StatusCode, Json<JobSnapshot>), AppError> {
+    let engine = s.engine.clone();
     let snap = blocking(move || {
         engine
             .act(&id, request, &actor)?
@@ -150,6 +161,31 @@ pub async fn act(
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(snap)))
+}
+
+/// Which step's failed objects to run again.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryObjects {
+    /// The step; absent: every step that ended `partial`.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub step: Option<String>,
+}
+
+/// `POST /migrations/{id}/retry-objects`: run again only the failed objects of a job that ended
+/// `partial` (contract 0.2 handlers): the handler's `execute` receives exactly their names.
+#[utoipa::path(post, path = "/api/v1/migrations/{id}/retry-objects", tag = "migrations", operation_id = "retry_failed_objects",
+    params(("id" = String, Path)), request_body = RetryObjects,
+    responses((status = 202, description = "Accepted; the failed objects run again in the background", body = JobSnapshot),
+        (status = 409, description = "The job is not `partial`, or the step named has no failed objects", body = super::error::ErrorBody)))]
+pub async fn retry_objects(
+    State(s): State<Arc<AppState>>,
+    AsOperator(caller): AsOperator,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(req): JsonBody<RetryObjects>,
+) -> Result<impl IntoResponse, AppError> {
+    accepted(&s, id, Request::RetryObjects(req.step), caller.name).await
 }
 
 #[derive(Deserialize)]
@@ -183,11 +219,14 @@ pub struct ObjectQuery {
     after: Option<u64>,
     limit: Option<usize>,
     status: Option<ObjectStatus>,
+    #[serde(default)]
+    current: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/migrations/{id}/objects", tag = "migrations", operation_id = "migration_objects",
     params(("id" = String, Path), ("after" = Option<u64>, Query, description = "Last index seen (`next_after`)"), ("limit" = Option<usize>, Query),
-        ("status" = Option<ObjectStatus>, Query, description = "Only results with this status. A page looks at no more than 5,000 results, so it may hold fewer than `limit`: go on from `next_after` until it is absent")),
+        ("status" = Option<ObjectStatus>, Query, description = "Only results with this status. A page looks at no more than 5,000 results, so it may hold fewer than `limit`: go on from `next_after` until it is absent"),
+        ("current" = Option<bool>, Query, description = "Leave out the errors that a later `retry-objects` redid, so each object shows its latest result (paged like `status`)")),
     responses((status = 200, body = ObjectPage)))]
 pub async fn objects(
     State(s): State<Arc<AppState>>,
@@ -210,14 +249,15 @@ pub async fn objects(
             });
         };
         let limit = q.limit.unwrap_or(500);
-        Ok(match q.status {
-            None => {
+        Ok(match (q.status, q.current) {
+            (None, false) => {
                 let items = engine.objects(&id, from, limit)?;
                 let next_after = items.last().map(|o| o.index);
                 ObjectPage { items, next_after }
             }
-            Some(status) => {
-                let (items, next) = engine.objects_with_status(&id, from, limit, status)?;
+            (status, current) => {
+                let filter = ObjectFilter { status, current };
+                let (items, next) = engine.objects_with_status(&id, from, limit, filter)?;
                 ObjectPage {
                     items,
                     next_after: next.and_then(|n| n.checked_sub(1)),

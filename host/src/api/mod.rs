@@ -70,6 +70,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         )
         .route("/migrations/{id}/logs", get(migrations::logs))
         .route("/migrations/{id}/objects", get(migrations::objects))
+        .route(
+            "/migrations/{id}/retry-objects",
+            post(migrations::retry_objects),
+        )
         .route("/migrations/{id}/{action}", post(migrations::act))
         .route("/tokens", get(ops::list_tokens).post(ops::create_token))
         .route("/tokens/{name}", delete(ops::revoke_token))

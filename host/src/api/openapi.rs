@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         plugins::list, plugins::upload, plugins::show, plugins::remove,
         migrations::list, migrations::create, migrations::show, migrations::remove, migrations::act,
+        migrations::retry_objects,
         migrations::logs, migrations::objects, exports::export, connections::list,
         buckets::import, buckets::entries, demo::plan,
         sse::job_events, sse::all_events,

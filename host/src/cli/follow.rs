@@ -99,6 +99,13 @@ pub fn follow(client: &Client, id: &str, success: &str) -> Result<ExitCode, CliE
                                 e["kind"].as_str().unwrap_or(""),
                                 e["message"].as_str().unwrap_or("")
                             );
+                            for r in e["recovery"].as_array().into_iter().flatten() {
+                                say!(
+                                    "  try {}: {}",
+                                    r["action"].as_str().unwrap_or(""),
+                                    r["description"].as_str().unwrap_or("")
+                                );
+                            }
                         }
                         return Ok(if status == success {
                             ExitCode::SUCCESS

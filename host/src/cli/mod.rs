@@ -2,8 +2,8 @@
 //! running server's HTTP API (address and token from flags or `PLOVER_SERVER`/`PLOVER_TOKEN`).
 //!
 //! Exit status: 0 on success (for `run --follow` and `watch`, when the job completed; for
-//! `rollback --wait`, when it rolled back), 1 when the job ended otherwise, 2 when a request
-//! failed.
+//! `rollback --wait`, when it rolled back), 1 when the job ended otherwise (`partial`
+//! included: some objects failed), 2 when a request failed.
 //!
 //! Files: `client.rs` the HTTP client, `follow.rs` the live event stream, `status.rs` the
 //! readable report, `data.rs` buckets and the demo, `output.rs` stdout that a closed pipe
@@ -112,6 +112,16 @@ enum Command {
     Resume { id: String },
     /// Retry a failed migration's failed steps.
     Retry { id: String },
+    /// Run again only the failed objects of a migration that ended `partial`.
+    RetryObjects {
+        id: String,
+        /// Only this step's (default: every step that ended partial).
+        #[arg(long)]
+        step: Option<String>,
+        /// Follow the run until it ends; the exit status tells the outcome.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Roll back a migration.
     Rollback {
         id: String,
@@ -446,6 +456,15 @@ fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
         Command::Pause { id } => act(client, &id, "pause")?,
         Command::Resume { id } => act(client, &id, "resume")?,
         Command::Retry { id } => act(client, &id, "retry")?,
+        Command::RetryObjects { id, step, wait } => {
+            let path = format!("/migrations/{id}/retry-objects");
+            let body = serde_json::json!({ "step": step });
+            let job = client.send(client.request(reqwest::Method::POST, &path).json(&body))?;
+            say!("migration {id}: {}", job["status"].as_str().unwrap_or("?"));
+            if wait {
+                return follow::follow(client, &id, "completed");
+            }
+        }
         Command::Rollback { id, wait } => {
             act(client, &id, "rollback")?;
             if wait {

@@ -77,6 +77,13 @@ pub fn print(job: &Value) {
                 text(&e["kind"]),
                 text(&e["message"])
             );
+            for r in e["recovery"].as_array().into_iter().flatten() {
+                say!(
+                    "    try {}: {}",
+                    text(&r["action"]),
+                    text(&r["description"])
+                );
+            }
         }
     }
     if job["rollback_available"] == true {

@@ -58,7 +58,7 @@ pub fn forward(
             .query_one(
                 "INSERT INTO job_requests (job_id, target, action, actor)
                  VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&job, &target, &request.as_str(), &actor],
+                &[&job, &target, &request.as_str().as_str(), &actor],
             )
             .map_err(|e| failure(what, e))?
             .get(0);

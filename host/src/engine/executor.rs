@@ -12,8 +12,9 @@ use super::ownership::LeaseGuard;
 use super::state::{JobStatus, StepStatus};
 use super::tracking::StepEvents;
 use crate::connectors::Grants;
-use crate::model::{ErrorKind, LogLevel, MigrationError, PlanStep};
+use crate::model::{ErrorKind, LogLevel, MigrationError, PlanStep, StepOutcome};
 use crate::runtime::{JobContext, LoadedPlugin, PluginError, PluginFailure};
+use crate::store::JobStore;
 use chrono::Utc;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// How a step's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StepEnd {
+pub(super) enum StepEnd {
     Completed,
     Interrupted,
     Failed,
@@ -37,6 +38,7 @@ struct RunSetup {
     /// The most object results one step may record.
     max_results: u64,
     progress_hooks: Arc<std::sync::Mutex<Vec<super::FinalHook>>>,
+    store: Arc<dyn JobStore>,
 }
 
 /// Start executing a job already moved to `executing`; the run keeps `lease` until it ends.
@@ -109,6 +111,7 @@ fn prepare(
             .max_results_per_step
             .load(std::sync::atomic::Ordering::Relaxed),
         progress_hooks: inner.progress_hooks.clone(),
+        store: inner.store.clone(),
     })
 }
 
@@ -125,6 +128,7 @@ fn fail_without_run(handle: &JobHandle, message: &str) {
             step: None,
             phase: "engine".into(),
             kind: "dependency-unavailable".into(),
+            recovery: vec![],
             message: message.to_string(),
         });
         rec.ended_at = Some(Utc::now());
@@ -204,7 +208,24 @@ fn execute(setup: RunSetup) {
     } else if failed {
         Err("a step failed".to_string())
     } else if all_done {
-        Ok((JobStatus::Completed, "every step completed".to_string()))
+        let partial: Vec<String> = handle
+            .lock()
+            .steps
+            .iter()
+            .filter(|s| s.outcome == StepOutcome::Partial)
+            .map(|s| format!("'{}'", s.id))
+            .collect();
+        if partial.is_empty() {
+            Ok((JobStatus::Completed, "every step completed".to_string()))
+        } else {
+            Ok((
+                JobStatus::Partial,
+                format!(
+                    "every step ended; step {} left failed objects the handler tolerates",
+                    partial.join(", ")
+                ),
+            ))
+        }
     } else if stop == Some(StopReason::Pause) {
         Ok((
             JobStatus::Paused,
@@ -240,6 +261,7 @@ fn execute(setup: RunSetup) {
                             "internal"
                         }
                         .into(),
+                        recovery: vec![],
                         message: reason.clone(),
                     });
                 }
@@ -292,13 +314,14 @@ fn spawn_watchdog(setup: &RunSetup, already_ms: u64) {
 
 /// The parts of [`RunSetup`] a step thread needs, cheaply cloned.
 #[derive(Clone)]
-struct RunSetupRef {
-    handle: Arc<JobHandle>,
+pub(super) struct RunSetupRef {
+    pub(super) handle: Arc<JobHandle>,
     plugin: Arc<LoadedPlugin>,
-    control: Arc<RunControl>,
+    pub(super) control: Arc<RunControl>,
     grants: Grants,
     max_results: u64,
     progress_hooks: Arc<std::sync::Mutex<Vec<super::FinalHook>>>,
+    pub(super) store: Arc<dyn JobStore>,
 }
 
 impl From<&RunSetup> for RunSetupRef {
@@ -310,6 +333,7 @@ impl From<&RunSetup> for RunSetupRef {
             grants: s.grants.clone(),
             max_results: s.max_results,
             progress_hooks: s.progress_hooks.clone(),
+            store: s.store.clone(),
         }
     }
 }
@@ -329,8 +353,29 @@ fn context(
     }
 }
 
-/// Run one step to its end, retrying retryable errors.
+/// Run one step to its end: the whole step, or the failed objects a retry asked for.
 fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
+    let retry = setup
+        .handle
+        .lock()
+        .step(&step.id)
+        .and_then(|s| s.retry.clone());
+    match retry {
+        Some(retry) => super::object_retry::run(setup, step, retry),
+        None => run_call(setup, step, None, true),
+    }
+}
+
+/// Run one `execute` call of `step` to its end, retrying retryable errors. `objects` names the
+/// only objects to touch (a retry of failed objects, which starts from no checkpoint); the
+/// step completes with the call when `last`, else the call's results are committed and the
+/// step goes on running.
+pub(super) fn run_call(
+    setup: &RunSetupRef,
+    step: &PlanStep,
+    objects: Option<&[String]>,
+    last: bool,
+) -> StepEnd {
     let handle = &setup.handle;
     let options = handle.lock().options.clone();
     loop {
@@ -341,7 +386,7 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
             s.started_at.get_or_insert_with(Utc::now);
             s.error = None;
             let attempt = s.attempts;
-            let checkpoint = s.checkpoint.clone();
+            let checkpoint = s.checkpoint.clone().filter(|_| objects.is_none());
             rec.current_step = Some(step.id.clone());
             let event = EventBody::Step {
                 step: step.id.clone(),
@@ -364,7 +409,7 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
         // Clone first: a guard inside the call expression would hold the record's lock for the
         // whole plugin call, and the plugin's own events need that lock.
         let spec = handle.lock().spec.clone();
-        let result = setup.plugin.execute(&ctx, &spec, step);
+        let result = setup.plugin.execute(&ctx, &spec, step, objects);
         events.write_staged();
 
         if setup.control.is_handing_off() {
@@ -386,18 +431,29 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
                     step,
                     &events,
                     attempt,
-                    "execute",
-                    kind,
-                    &format!("the step's progress could not be recorded: {e}"),
+                    StepFailure {
+                        phase: "execute",
+                        kind,
+                        message: &format!("the step's progress could not be recorded: {e}"),
+                        recovery: &[],
+                    },
                 );
             }
             Ok(Ok(report)) => {
                 let completed = handle.update_with_objects(|rec| {
                     let (mut evs, segments) = events.drain_for_completion(rec);
                     let s = rec.step_mut(&step.id).expect("step");
+                    // Partial if any call of the step (a retry makes several) was.
+                    if report.outcome == StepOutcome::Partial {
+                        s.outcome = StepOutcome::Partial;
+                    }
+                    if !last {
+                        return (evs, segments, None);
+                    }
                     s.status = StepStatus::Completed;
                     s.ended_at = Some(Utc::now());
                     s.summary = Some(report.summary.clone());
+                    s.retry = None;
                     if let Some(total) = step.expected_objects.or(s.progress_total) {
                         s.progress_done = s.progress_done.max(total);
                     }
@@ -457,9 +513,12 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
                     step,
                     &events,
                     attempt,
-                    "execute",
-                    kind_name(e.kind),
-                    &e.message,
+                    StepFailure {
+                        phase: "execute",
+                        kind: kind_name(e.kind),
+                        message: &e.message,
+                        recovery: &e.recovery,
+                    },
                 );
             }
             Err(pe) => {
@@ -472,9 +531,12 @@ fn run_step(setup: &RunSetupRef, step: &PlanStep) -> StepEnd {
                     step,
                     &events,
                     attempt,
-                    "execute",
-                    kind,
-                    &pe.to_string(),
+                    StepFailure {
+                        phase: "execute",
+                        kind,
+                        message: &pe.to_string(),
+                        recovery: &[],
+                    },
                 );
             }
         }
@@ -510,15 +572,28 @@ fn interrupt(setup: &RunSetupRef, step: &PlanStep, events: &StepEvents, attempt:
     StepEnd::Interrupted
 }
 
-fn fail_step(
+/// Why a step's call failed, as the job's error records it.
+pub(super) struct StepFailure<'a> {
+    pub(super) phase: &'a str,
+    pub(super) kind: &'a str,
+    pub(super) message: &'a str,
+    /// What the handler says an operator can do (contract 0.2).
+    pub(super) recovery: &'a [crate::model::RecoveryAction],
+}
+
+pub(super) fn fail_step(
     setup: &RunSetupRef,
     step: &PlanStep,
     events: &StepEvents,
     attempt: u32,
-    phase: &str,
-    kind: &str,
-    message: &str,
+    failure: StepFailure<'_>,
 ) -> StepEnd {
+    let StepFailure {
+        phase,
+        kind,
+        message,
+        recovery,
+    } = failure;
     let discarded = events.stop();
     let _ = setup.handle.update(|rec| {
         let s = rec.step_mut(&step.id).expect("step");
@@ -532,6 +607,7 @@ fn fail_step(
             phase: phase.into(),
             kind: kind.into(),
             message: message.to_string(),
+            recovery: recovery.to_vec(),
         });
         let mut evs = vec![
             EventBody::Step { step: step.id.clone(), status, attempt, summary: None, error: Some(message.to_string()) },
@@ -686,6 +762,7 @@ fn rollback_step(
                 retryable: true,
                 kind,
                 message,
+                ..
             })) if attempt < options.retry.attempts => {
                 events.stop();
                 let wait = options.retry.backoff(attempt + 1);
@@ -703,9 +780,12 @@ fn rollback_step(
                     step,
                     &events,
                     attempt,
-                    "rollback",
-                    kind_name(e.kind),
-                    &e.message,
+                    StepFailure {
+                        phase: "rollback",
+                        kind: kind_name(e.kind),
+                        message: &e.message,
+                        recovery: &e.recovery,
+                    },
                 );
             }
             Err(pe) => {
@@ -714,9 +794,12 @@ fn rollback_step(
                     step,
                     &events,
                     attempt,
-                    "rollback",
-                    pe.cause.cause_name(),
-                    &pe.to_string(),
+                    StepFailure {
+                        phase: "rollback",
+                        kind: pe.cause.cause_name(),
+                        message: &pe.to_string(),
+                        recovery: &[],
+                    },
                 );
             }
         }

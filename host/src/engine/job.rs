@@ -34,6 +34,28 @@ pub struct StepState {
     pub progress_total: Option<u64>,
     pub summary: Option<String>,
     pub error: Option<String>,
+    /// How the step ended, once completed: `partial` when the handler tolerated failed objects.
+    #[serde(default)]
+    pub outcome: crate::model::StepOutcome,
+    /// Where the step's latest round of object results starts in the job's result index: 0,
+    /// or where the latest retry of its failed objects began.
+    #[serde(default)]
+    pub round_from: u64,
+    /// A retry of the step's failed objects that has not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<ObjectRetry>,
+}
+
+/// A retry of one step's failed objects (`retry-objects`): the objects whose results at
+/// positions `from..to` of the job's result index are errors are run again. Which of them are
+/// done is read from the results after `to`, so a retry resumed after a crash redoes none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ObjectRetry {
+    pub from: u64,
+    pub to: u64,
+    /// Whether the failures being redone were taken off the job's failed count (done once,
+    /// when the retry starts running; the new results count again).
+    pub recounted: bool,
 }
 
 mod opt_base64 {
@@ -84,6 +106,9 @@ pub struct JobError {
     /// An error kind (`step-failed`, ...) or a sandbox cause (`deadline`, `panic`, ...).
     pub kind: String,
     pub message: String,
+    /// What the handler says an operator can do next (contract 0.2 handlers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovery: Vec<crate::model::RecoveryAction>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -327,6 +352,15 @@ pub struct StepView {
     pub ended_at: Option<DateTime<Utc>>,
     pub summary: Option<String>,
     pub error: Option<String>,
+    /// `partial` when the step completed with failed objects the handler tolerates.
+    pub outcome: crate::model::StepOutcome,
+    /// Where the step's latest round of results starts in `/objects` (0, or where the latest
+    /// `retry-objects` began): its failures still to fix are the errors from there on.
+    pub results_from: u64,
+    /// What the handler expected the step to take (contract 0.2), beside `duration_ms`.
+    pub estimated_duration_ms: Option<u64>,
+    /// How long the step took, once it ended.
+    pub duration_ms: Option<u64>,
 }
 
 /// A job's full state for the API and dashboard (logs and object results are paged apart).
@@ -352,6 +386,9 @@ pub struct JobSnapshot {
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
+    /// What the handler expected the migration to take (contract 0.2): the plan's own
+    /// estimate, else the sum of its steps' when each has one. Compare with `duration_ms`.
+    pub estimated_duration_ms: Option<u64>,
     pub errors: Vec<ErrorView>,
     pub warnings: Vec<String>,
     pub rollback_available: bool,
@@ -487,6 +524,7 @@ pub fn snapshot(r: &JobRecord, now: DateTime<Utc>) -> JobSnapshot {
         start_time: r.started_at,
         end_time: r.ended_at,
         duration_ms,
+        estimated_duration_ms: r.plan.estimate_ms(),
         errors: r.errors.iter().map(ErrorView::of).collect(),
         warnings: r.warnings.clone(),
         rollback_available: r.rollback_available(),
@@ -520,6 +558,13 @@ pub fn snapshot(r: &JobRecord, now: DateTime<Utc>) -> JobSnapshot {
                 ended_at: s.ended_at,
                 summary: s.summary.clone(),
                 error: s.error.clone(),
+                outcome: s.outcome,
+                results_from: s.round_from,
+                estimated_duration_ms: p.estimated_duration_ms,
+                duration_ms: s
+                    .started_at
+                    .zip(s.ended_at)
+                    .map(|(a, b)| (b - a).num_milliseconds().max(0) as u64),
             })
             .collect(),
         options: r.options.clone(),

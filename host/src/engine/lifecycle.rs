@@ -160,7 +160,7 @@ fn plan_hash(plan: &Plan) -> String {
     ))
 }
 
-fn audit(actor: &str, action: Action, outcome: impl Into<String>) -> EventBody {
+pub(super) fn audit(actor: &str, action: Action, outcome: impl Into<String>) -> EventBody {
     EventBody::Audit {
         actor: actor.to_string(),
         action: action.as_str().to_string(),
@@ -468,6 +468,7 @@ impl Engine {
                     step: None,
                     phase: "validate".into(),
                     kind: error_kind_of(&e),
+                    recovery: vec![],
                     message: message.clone(),
                 });
                 rec.dry_run = Some(DryRunRecord {
@@ -681,7 +682,7 @@ impl Engine {
     }
 
     /// Wait for a run that is winding down (after pause or cancel) to hand the job back.
-    fn wait_for_run_end(&self, handle: &JobHandle) {
+    pub(super) fn wait_for_run_end(&self, handle: &JobHandle) {
         let run: Option<Arc<RunControl>> = handle.run.lock().expect("run lock").clone();
         if let Some(run) = run {
             let started = Instant::now();
@@ -766,7 +767,9 @@ impl Engine {
         let (handle, _lease) = self.owned(id)?;
         handle.delete(|rec| {
             self.check(rec, Action::Delete)?;
-            let partly_applied = rec.rollback_available() && rec.status != JobStatus::Completed;
+            // A job that ran to its end (whole or partial) keeps nothing half-done.
+            let partly_applied = rec.rollback_available()
+                && !matches!(rec.status, JobStatus::Completed | JobStatus::Partial);
             if partly_applied && mode == DeleteMode::Safe {
                 return Err(EngineError::RollbackWouldBeLost(format!(
                     "migration {} is {} with changes it can still roll back; deleting it drops its rollback journal. Roll it back first, or delete with force",
@@ -811,6 +814,9 @@ fn new_step_states(plan: &Plan) -> Vec<StepState> {
             progress_total: s.expected_objects,
             summary: None,
             error: None,
+            outcome: Default::default(),
+            round_from: 0,
+            retry: None,
         })
         .collect()
 }

@@ -24,6 +24,7 @@ mod executor;
 pub mod handle;
 pub mod job;
 mod lifecycle;
+mod object_retry;
 pub mod options;
 pub mod ownership;
 mod permits;
@@ -137,6 +138,15 @@ pub struct LogLine {
     pub source: LogSource,
     pub step: Option<String>,
     pub message: String,
+}
+
+/// Which object results a page holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObjectFilter {
+    /// Only results with this status.
+    pub status: Option<crate::model::ObjectStatus>,
+    /// Leave out errors a later retry of failed objects redid (each object's latest result).
+    pub current: bool,
 }
 
 /// One object result with its position, the cursor for paging.
@@ -549,7 +559,7 @@ impl Engine {
             .collect())
     }
 
-    /// Object results with index `>= from` and status `status`, at most `limit`, looking at
+    /// Object results with index `>= from` that pass `filter`, at most `limit`, looking at
     /// no more than [`MAX_OBJECTS_SCANNED`] results: a page's cost stays bounded however rare
     /// the status is. Also the index to continue from, `None` once every result was seen.
     pub fn objects_with_status(
@@ -557,9 +567,24 @@ impl Engine {
         id: &str,
         from: u64,
         limit: usize,
-        status: crate::model::ObjectStatus,
+        filter: ObjectFilter,
     ) -> Result<(Vec<IndexedObject>, Option<u64>), EngineError> {
         let limit = limit.clamp(1, 5000);
+        // Where each step's latest round of results starts: an error before it was redone by
+        // a retry of failed objects.
+        let rounds: BTreeMap<String, u64> = {
+            let handle = self.handle(id)?;
+            let rec = handle.lock();
+            rec.steps
+                .iter()
+                .map(|s| (s.id.clone(), s.round_from))
+                .collect()
+        };
+        let wanted = |o: &IndexedObject| {
+            let superseded = o.result.status == crate::model::ObjectStatus::Error
+                && rounds.get(&o.step).is_some_and(|&from| o.index < from);
+            filter.status.is_none_or(|s| o.result.status == s) && !(filter.current && superseded)
+        };
         let (mut found, mut next) = (vec![], Some(from));
         let mut scanned = 0;
         while let Some(at) = next {
@@ -570,7 +595,7 @@ impl Engine {
             next = page.last().map(|o| o.index + 1);
             scanned += page.len();
             for o in page {
-                if o.result.status == status && found.len() < limit {
+                if wanted(&o) && found.len() < limit {
                     found.push(o);
                 } else if found.len() >= limit {
                     next = Some(o.index);

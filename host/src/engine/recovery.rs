@@ -131,6 +131,7 @@ fn resume_execution(handle: &JobHandle) -> Result<bool, crate::store::StoreError
                 step: Some(step.clone()),
                 phase: "engine".into(),
                 kind: "not-resumable".into(),
+                recovery: vec![],
                 message: message.clone(),
             });
             events.push(EventBody::Log {

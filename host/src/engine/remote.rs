@@ -13,24 +13,33 @@ use crate::store::FeedNotice;
 use std::time::{Duration, Instant};
 
 /// What an operator asks of one job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Act(Action),
     Delete(DeleteMode),
+    /// Run again the failed objects of the job's partial steps, or of the one step named.
+    RetryObjects(Option<String>),
 }
 
 impl Request {
-    /// The request as it travels between nodes.
-    pub fn as_str(self) -> &'static str {
+    /// The request as it travels between nodes: its action, and for `retry-objects` the
+    /// step after a colon.
+    pub fn as_str(&self) -> String {
         match self {
-            Request::Act(a) => a.as_str(),
-            Request::Delete(DeleteMode::Safe) => "delete",
-            Request::Delete(DeleteMode::Force) => "delete-force",
+            Request::Act(a) => a.as_str().to_string(),
+            Request::Delete(DeleteMode::Safe) => "delete".into(),
+            Request::Delete(DeleteMode::Force) => "delete-force".into(),
+            Request::RetryObjects(None) => "retry-objects".into(),
+            Request::RetryObjects(Some(step)) => format!("retry-objects:{step}"),
         }
     }
 
     pub fn parse(text: &str) -> Option<Request> {
+        if let Some(step) = text.strip_prefix("retry-objects:") {
+            return Some(Request::RetryObjects(Some(step.to_string())));
+        }
         Some(match text {
+            "retry-objects" => Request::RetryObjects(None),
             "validate" => Request::Act(Action::Validate),
             "replan" => Request::Act(Action::Replan),
             "execute" => Request::Act(Action::Execute),
@@ -61,7 +70,7 @@ impl Engine {
     ) -> Result<Option<JobSnapshot>, EngineError> {
         let started = Instant::now();
         loop {
-            let owner = match self.act_here(id, request, actor) {
+            let owner = match self.act_here(id, request.clone(), actor) {
                 Err(EngineError::OwnedElsewhere { owner, .. }) => owner,
                 done => return done,
             };
@@ -79,11 +88,11 @@ impl Engine {
             // Wait about a lease: by then the owner answered, or its lease ran out and the
             // next round claims the job here.
             let wait = left.min(own.lease_time() + Duration::from_secs(1));
-            match own.forward(id, &owner, request, actor, wait)? {
+            match own.forward(id, &owner, request.clone(), actor, wait)? {
                 Forwarded::Done => {
                     return match request {
                         Request::Delete(_) => Ok(None),
-                        Request::Act(_) => self.snapshot(id).map(Some),
+                        Request::Act(_) | Request::RetryObjects(_) => self.snapshot(id).map(Some),
                     };
                 }
                 Forwarded::Refused(refusal) => return Err(EngineError::Remote(refusal)),
@@ -101,6 +110,8 @@ impl Engine {
     ) -> Result<Option<JobSnapshot>, EngineError> {
         let snapshot = match request {
             Request::Delete(mode) => return self.delete(id, actor, mode).map(|()| None),
+            Request::RetryObjects(step) => self.retry_objects(id, actor, step.as_deref())?,
+            Request::Act(Action::RetryObjects) => self.retry_objects(id, actor, None)?,
             Request::Act(Action::Validate) => self.validate(id, actor)?,
             Request::Act(Action::Replan) => self.replan(id, actor)?,
             Request::Act(Action::Execute) => self.execute(id, actor)?,
@@ -205,5 +216,29 @@ impl Engine {
         while started.elapsed() < within && !handles.iter().all(|h| super::handle_idle(h)) {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_survives_its_trip_between_nodes() {
+        let mut requests: Vec<Request> = Action::ALL
+            .into_iter()
+            .filter(|a| *a != Action::Delete && *a != Action::RetryObjects)
+            .map(Request::Act)
+            .collect();
+        requests.extend([
+            Request::Delete(DeleteMode::Safe),
+            Request::Delete(DeleteMode::Force),
+            Request::RetryObjects(None),
+            Request::RetryObjects(Some("copy:with-colon".into())),
+        ]);
+        for r in requests {
+            assert_eq!(Request::parse(&r.as_str()), Some(r.clone()), "{r:?}");
+        }
+        assert_eq!(Request::parse("explode"), None);
     }
 }

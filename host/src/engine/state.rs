@@ -13,6 +13,9 @@ pub enum JobStatus {
     Executing,
     Paused,
     Completed,
+    /// Every step ended, and some objects failed that the handler tolerates (contract 0.2):
+    /// done, with failures to look at (`/objects?status=error`).
+    Partial,
     Failed,
     RollingBack,
     RolledBack,
@@ -21,13 +24,14 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 11] = [
+    pub const ALL: [JobStatus; 12] = [
         JobStatus::Planned,
         JobStatus::Validating,
         JobStatus::AwaitingApproval,
         JobStatus::Executing,
         JobStatus::Paused,
         JobStatus::Completed,
+        JobStatus::Partial,
         JobStatus::Failed,
         JobStatus::RollingBack,
         JobStatus::RolledBack,
@@ -43,6 +47,7 @@ impl JobStatus {
             JobStatus::Executing => "executing",
             JobStatus::Paused => "paused",
             JobStatus::Completed => "completed",
+            JobStatus::Partial => "partial",
             JobStatus::Failed => "failed",
             JobStatus::RollingBack => "rolling-back",
             JobStatus::RolledBack => "rolled-back",
@@ -71,6 +76,7 @@ impl JobStatus {
         matches!(
             self,
             JobStatus::Completed
+                | JobStatus::Partial
                 | JobStatus::Failed
                 | JobStatus::RolledBack
                 | JobStatus::RollbackFailed
@@ -107,12 +113,14 @@ pub enum Action {
     Resume,
     Cancel,
     Retry,
+    /// Run again only the failed objects of a step that ended `partial` (contract 0.2).
+    RetryObjects,
     Rollback,
     Delete,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::Validate,
         Action::Replan,
         Action::Execute,
@@ -121,6 +129,7 @@ impl Action {
         Action::Resume,
         Action::Cancel,
         Action::Retry,
+        Action::RetryObjects,
         Action::Rollback,
         Action::Delete,
     ];
@@ -135,6 +144,7 @@ impl Action {
             Action::Resume => "resume",
             Action::Cancel => "cancel",
             Action::Retry => "retry",
+            Action::RetryObjects => "retry-objects",
             Action::Rollback => "rollback",
             Action::Delete => "delete",
         }
@@ -164,9 +174,10 @@ pub fn allows(status: JobStatus, action: Action) -> bool {
             S::Planned | S::Validating | S::AwaitingApproval | S::Executing | S::Paused
         ),
         A::Retry => status == S::Failed,
+        A::RetryObjects => status == S::Partial,
         A::Rollback => matches!(
             status,
-            S::Completed | S::Failed | S::Cancelled | S::RollbackFailed | S::Paused
+            S::Completed | S::Partial | S::Failed | S::Cancelled | S::RollbackFailed | S::Paused
         ),
         A::Delete => !status.is_running(),
     }
@@ -188,13 +199,14 @@ pub fn can_move(from: JobStatus, to: JobStatus) -> bool {
             S::Validating | S::Executing | S::Planned | S::Cancelled
         ) | (
             S::Executing,
-            S::Paused | S::Completed | S::Failed | S::RollingBack | S::Cancelled
+            S::Paused | S::Completed | S::Partial | S::Failed | S::RollingBack | S::Cancelled
         ) | (S::Paused, S::Executing | S::Cancelled | S::RollingBack)
             | (S::Failed, S::Executing | S::RollingBack)
             | (
-                S::Completed | S::Cancelled | S::RollbackFailed,
+                S::Completed | S::Partial | S::Cancelled | S::RollbackFailed,
                 S::RollingBack
             )
+            | (S::Partial, S::Executing)
             | (S::RollingBack, S::RolledBack | S::RollbackFailed)
     )
 }
@@ -257,6 +269,8 @@ mod tests {
         assert!(allows(S::RolledBack, A::Delete));
         assert!(!allows(S::RolledBack, A::Rollback));
         assert!(allows(S::AwaitingApproval, A::Approve));
+        assert!(allows(S::Partial, A::RetryObjects) && allows(S::Partial, A::Rollback));
+        assert!(!allows(S::Completed, A::RetryObjects) && !allows(S::Partial, A::Retry));
     }
 
     #[test]
@@ -270,6 +284,7 @@ mod tests {
                 Action::Resume,
                 Action::Cancel,
                 Action::Retry,
+                Action::RetryObjects,
                 Action::Rollback,
             ] {
                 if allows(s, a) {
@@ -286,6 +301,7 @@ mod tests {
     fn engine_moves_are_restricted() {
         use JobStatus as S;
         assert!(can_move(S::Executing, S::Completed));
+        assert!(can_move(S::Executing, S::Partial) && can_move(S::Partial, S::Executing));
         assert!(can_move(S::RollingBack, S::RollbackFailed));
         assert!(!can_move(S::Completed, S::Executing));
         assert!(!can_move(S::RolledBack, S::RollingBack));

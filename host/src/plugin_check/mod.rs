@@ -379,7 +379,7 @@ impl Lifecycle<'_> {
         let mut resumed = false;
         loop {
             let ctx = world.context(self.plugin, self.setup, checkpoint.clone(), self.timeout);
-            let outcome = self.plugin.execute(&ctx, self.spec, step);
+            let outcome = self.plugin.execute(&ctx, self.spec, step, None);
             if let Some(resume_from) = world.events.take_crash() {
                 checkpoint = resume_from;
                 resumed = true;

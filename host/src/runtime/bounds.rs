@@ -134,8 +134,16 @@ pub fn step_report(r: &mut StepReport) {
     cut(&mut r.summary, MAX_MESSAGE, "summary");
 }
 
+/// How many recovery actions (contract 0.2) an error keeps.
+pub const MAX_RECOVERY_ACTIONS: usize = 8;
+
 pub fn error(e: &mut MigrationError) {
     cut(&mut e.message, MAX_MESSAGE, "error-message");
+    e.recovery.truncate(MAX_RECOVERY_ACTIONS);
+    for r in &mut e.recovery {
+        cut(&mut r.action, MAX_IDENT, "recovery-action");
+        cut(&mut r.description, MAX_DESCRIPTION, "recovery-description");
+    }
 }
 
 pub fn object(o: &mut ObjectResult) {

@@ -130,7 +130,7 @@ pub enum LoadError {
     )]
     WrongWorld { exports: Vec<String> },
     #[error(
-        "plugin built against contract plover:migration@{plugin}, but this host implements plover:migration@{host}"
+        "plugin built against contract plover:migration@{plugin}, but this host implements {host}"
     )]
     ContractVersion { plugin: String, host: String },
     #[error("the plugin imports something the host does not provide: {message} (it imports: {imports})", imports = .imports.join(", "))]

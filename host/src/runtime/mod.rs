@@ -33,7 +33,6 @@ pub use sandbox::SandboxLimits;
 
 use cache::ArtifactCache;
 use contract::ContractExport;
-use contract::v0_1::{HandlerPlugin, HandlerPluginPre};
 use host_imports::CallState;
 use semver::Version;
 use sha2::{Digest, Sha256};
@@ -133,7 +132,15 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         clock::shadow_monotonic_clock(&mut linker)?;
-        HandlerPlugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        // Both contract lines' imports, served by the same host code (see `contract::v0_1`).
+        contract::v0_1::HandlerPlugin::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        contract::v0_2::HandlerPlugin::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        )?;
 
         let cache = match &config.cache_dir {
             Some(dir) => Some(ArtifactCache::new(dir, &engine)?),
@@ -230,13 +237,13 @@ impl Runtime {
             ContractExport::Handler(v) => {
                 return Err(LoadError::ContractVersion {
                     plugin: v.to_string(),
-                    host: contract::host_contract_version().to_string(),
+                    host: contract::host_contract_names(),
                 });
             }
             ContractExport::Unversioned(name) => {
                 return Err(LoadError::ContractVersion {
                     plugin: format!("(unversioned export '{name}')"),
-                    host: contract::host_contract_version().to_string(),
+                    host: contract::host_contract_names(),
                 });
             }
             ContractExport::Missing(exports) => return Err(LoadError::WrongWorld { exports }),
@@ -249,8 +256,10 @@ impl Runtime {
                     message: format!("{e:#}"),
                     imports: contract::imported_names(&self.engine, &component),
                 })?;
-        let pre = HandlerPluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
-            exports: vec![format!("a handler interface of another shape ({e:#})")],
+        let pre = contract::HandlerPre::new(&contract, instance_pre).map_err(|e| {
+            LoadError::WrongWorld {
+                exports: vec![format!("a handler interface of another shape ({e:#})")],
+            }
         })?;
 
         // Until describe says who it is, a plugin is named by its hash.

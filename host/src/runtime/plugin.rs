@@ -2,7 +2,7 @@
 //! plugin's `InstancePre`, so nothing a call does (or breaks) survives into the next one.
 
 use super::clock::WaitLimit;
-use super::contract::v0_1::{self, HandlerPlugin, HandlerPluginPre};
+use super::contract::{Handler, HandlerPre};
 use super::error::{Call, PluginError, PluginFailure};
 use super::events::{ForceStop, JobEvents};
 use super::guest_output::GuestOutput;
@@ -26,7 +26,7 @@ pub struct LoadedPlugin {
     pub(crate) sha256: String,
     pub(crate) contract: Version,
     pub(crate) limits: SandboxLimits,
-    pub(crate) pre: HandlerPluginPre<CallState>,
+    pub(crate) pre: HandlerPre,
     pub(crate) engine: Engine,
     pub(crate) fuel_metering: bool,
     /// The trusted key that signed it, by the name the operator gave it.
@@ -84,7 +84,7 @@ impl CallOutcome for () {
     }
 }
 
-impl CallOutcome for v0_1::wit::PluginInfo {
+impl CallOutcome for model::PluginInfo {
     fn succeeded(&self) -> bool {
         true
     }
@@ -188,12 +188,9 @@ impl LoadedPlugin {
         job: &JobContext,
         spec: &model::MigrationSpec,
     ) -> Result<HandlerResult<model::Plan>, PluginError> {
-        let spec = v0_1::wit::MigrationSpec::from(spec);
-        let result = self
-            .call(Call::Plan, Some(job), Access::ReadOnly, |store, p| {
-                p.plover_migration_handler().call_plan(store, &spec)
-            })
-            .map(|r| r.map(Into::into).map_err(Into::into));
+        let result = self.call(Call::Plan, Some(job), Access::ReadOnly, |store, h| {
+            h.plan(store, spec)
+        });
         self.bounded(Call::Plan, result, super::bounds::plan)
     }
 
@@ -204,45 +201,31 @@ impl LoadedPlugin {
         spec: &model::MigrationSpec,
         plan: &model::Plan,
     ) -> Result<HandlerResult<model::ValidationReport>, PluginError> {
-        let spec = v0_1::wit::MigrationSpec::from(spec);
-        let plan = v0_1::wit::MigrationPlan::from(plan);
-        let result = self
-            .call(Call::Validate, Some(job), Access::ReadOnly, |store, p| {
-                p.plover_migration_handler()
-                    .call_validate(store, &spec, &plan)
-            })
-            .map(|r| r.map(Into::into).map_err(Into::into));
+        let result = self.call(Call::Validate, Some(job), Access::ReadOnly, |store, h| {
+            h.validate(store, spec, plan)
+        });
         self.bounded(Call::Validate, result, |r| {
             super::bounds::report(r);
             Ok(())
         })
     }
 
-    /// Run one step, continuing from `job.checkpoint`.
+    /// Run one step, continuing from `job.checkpoint`; `objects` names the only objects to
+    /// touch when the operator retries a step's failed objects (contract 0.2 only).
     pub fn execute(
         &self,
         job: &JobContext,
         spec: &model::MigrationSpec,
         step: &model::PlanStep,
+        objects: Option<&[String]>,
     ) -> Result<HandlerResult<model::StepReport>, PluginError> {
-        let spec = v0_1::wit::MigrationSpec::from(spec);
-        let wit_step = v0_1::wit::PlanStep::from(step);
         let checkpoint = job.checkpoint.clone();
-        let result = self
-            .call(
-                Call::Execute(step.id.clone()),
-                Some(job),
-                Access::ReadWrite,
-                |store, p| {
-                    p.plover_migration_handler().call_execute(
-                        store,
-                        &spec,
-                        &wit_step,
-                        checkpoint.as_deref(),
-                    )
-                },
-            )
-            .map(|r| r.map(Into::into).map_err(Into::into));
+        let result = self.call(
+            Call::Execute(step.id.clone()),
+            Some(job),
+            Access::ReadWrite,
+            |store, h| h.execute(store, spec, step, checkpoint.as_deref(), objects),
+        );
         self.bounded(Call::Execute(step.id.clone()), result, |r| {
             super::bounds::step_report(r);
             Ok(())
@@ -256,19 +239,12 @@ impl LoadedPlugin {
         spec: &model::MigrationSpec,
         step: &model::PlanStep,
     ) -> Result<HandlerResult<model::StepReport>, PluginError> {
-        let spec = v0_1::wit::MigrationSpec::from(spec);
-        let wit_step = v0_1::wit::PlanStep::from(step);
-        let result = self
-            .call(
-                Call::Rollback(step.id.clone()),
-                Some(job),
-                Access::ReadWrite,
-                |store, p| {
-                    p.plover_migration_handler()
-                        .call_rollback(store, &spec, &wit_step)
-                },
-            )
-            .map(|r| r.map(Into::into).map_err(Into::into));
+        let result = self.call(
+            Call::Rollback(step.id.clone()),
+            Some(job),
+            Access::ReadWrite,
+            |store, h| h.rollback(store, spec, step),
+        );
         self.bounded(Call::Rollback(step.id.clone()), result, |r| {
             super::bounds::step_report(r);
             Ok(())
@@ -291,20 +267,13 @@ impl LoadedPlugin {
         step: &model::PlanStep,
         times: u32,
     ) -> Result<(), PluginError> {
-        let spec = v0_1::wit::MigrationSpec::from(spec);
-        let wit_step = v0_1::wit::PlanStep::from(step);
         self.call(
             Call::Execute(step.id.clone()),
             Some(job),
             Access::ReadWrite,
-            |store, p| {
+            |store, h| {
                 for _ in 0..times {
-                    let _ = p.plover_migration_handler().call_execute(
-                        &mut *store,
-                        &spec,
-                        &wit_step,
-                        None,
-                    )?;
+                    let _ = h.execute(&mut *store, spec, step, None, None)?;
                 }
                 Ok(())
             },
@@ -313,11 +282,9 @@ impl LoadedPlugin {
 
     /// Ask the plugin who it is (no job, no connectors).
     pub(crate) fn describe_with(target: &CallTarget<'_>) -> Result<model::PluginInfo, PluginError> {
-        target
-            .run(Call::Describe, None, Access::ReadOnly, |store, p| {
-                p.plover_migration_handler().call_describe(store)
-            })
-            .map(Into::into)
+        target.run(Call::Describe, None, Access::ReadOnly, |store, h| {
+            h.describe(store)
+        })
     }
 
     fn call<R: CallOutcome>(
@@ -325,7 +292,7 @@ impl LoadedPlugin {
         call: Call,
         job: Option<&JobContext>,
         access: Access,
-        f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<CallState>, &Handler) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let label = self.label();
         let target = CallTarget {
@@ -342,7 +309,7 @@ impl LoadedPlugin {
 /// What a call runs against: a plugin's linked component, its limits and its name.
 #[derive(Clone, Copy)]
 pub(crate) struct CallTarget<'a> {
-    pub pre: &'a HandlerPluginPre<CallState>,
+    pub pre: &'a HandlerPre,
     pub engine: &'a Engine,
     pub limits: &'a SandboxLimits,
     pub fuel_metering: bool,
@@ -356,7 +323,7 @@ impl CallTarget<'_> {
         call: Call,
         job: Option<&JobContext>,
         access: Access,
-        f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<CallState>, &Handler) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let started = Instant::now();
         let result = self.run_uncounted(call, job, access, f);
@@ -371,7 +338,7 @@ impl CallTarget<'_> {
         call: Call,
         job: Option<&JobContext>,
         access: Access,
-        f: impl FnOnce(&mut Store<CallState>, &HandlerPlugin) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<CallState>, &Handler) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let CallTarget {
             pre,

@@ -1,7 +1,8 @@
 //! The engine with real plugins over a real job store: lifecycle, DAG scheduling, failure
 //! and automatic rollback, retries, approval and dry-run gates bound to the plan identity,
 //! cancel, pause and resume, timeouts, log retention and the change feed (failures and
-//! retries in `failures.rs`, gates and operator control in `control.rs`). Included by
+//! retries in `failures.rs`, gates and operator control in `control.rs`, partial outcomes and
+//! retries of failed objects in `object_retry.rs`). Included by
 //! `engine.rs` (the embedded sled store) and `engine_on_postgres.rs` (the PostgreSQL store
 //! as one node of a cluster: every change made under the job's lease), which name the store
 //! in `super::STORE`.
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 mod control;
 mod failures;
+mod object_retry;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -32,7 +34,12 @@ fn registry() -> Arc<PluginRegistry> {
     REG.get_or_init(|| {
         let rt = Runtime::new(RuntimeConfig::default()).unwrap();
         let reg = PluginRegistry::new();
-        for path in [artifacts::STEPPER, artifacts::KV_COPY, artifacts::MISBEHAVE] {
+        for path in [
+            artifacts::STEPPER,
+            artifacts::KV_COPY,
+            artifacts::MISBEHAVE,
+            artifacts::CONTRACT_V0_2_0,
+        ] {
             reg.insert(rt.load_file(path.as_ref()).unwrap()).unwrap();
         }
         Arc::new(reg)

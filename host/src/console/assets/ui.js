@@ -26,7 +26,7 @@ export function fill(parent, ...children) {
 // A symbol per status, so the state reads without colour too.
 const SYMBOLS = {
   planned: '○', validating: '◔', 'awaiting-approval': '◇', executing: '▶', paused: '❚❚',
-  completed: '✓', failed: '✕', 'rolling-back': '↺', 'rolled-back': '↩',
+  completed: '✓', partial: '◑', failed: '✕', 'rolling-back': '↺', 'rolled-back': '↩',
   'rollback-failed': '✕', cancelled: '⊘', pending: '○', running: '▶', interrupted: '❚❚',
   'rollback-skipped': '–', success: '✓', error: '✕', skipped: '–',
 };
@@ -61,6 +61,7 @@ export function when(t) {
 
 export function duration(ms) {
   if (ms === null || ms === undefined) return '—';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
   const s = Math.round(ms / 1000);
   if (s < 60) return ms < 10000 ? `${(ms / 1000).toFixed(1)} s` : `${s} s`;
   const m = Math.floor(s / 60);

@@ -2,7 +2,7 @@
 
 use super::{CallState, Refusal};
 use crate::connectors::http_out::{HttpError, HttpRequest};
-use crate::runtime::contract::v0_1::plover::migration::http;
+use crate::runtime::contract::v0_2::plover::migration::http;
 
 impl http::Host for CallState {
     fn send(

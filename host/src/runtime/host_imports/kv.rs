@@ -2,7 +2,7 @@
 
 use super::{CallState, Refusal};
 use crate::connectors::{KvBackendError, KvBucket, KvFailure, MAX_BATCH};
-use crate::runtime::contract::v0_1::plover::migration::kv;
+use crate::runtime::contract::v0_2::plover::migration::kv;
 use std::sync::Arc;
 use wasmtime::component::Resource;
 

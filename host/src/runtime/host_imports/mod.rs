@@ -18,7 +18,7 @@ pub use kv::OpenBucket;
 pub use sql::OpenSql;
 
 use super::bounds;
-use super::contract::v0_1::plover::migration::{job, types};
+use super::contract::v0_2::plover::migration::{job, types};
 use super::events::JobEvents;
 use super::guest_output::GuestOutput;
 use super::sandbox::CallLimiter;

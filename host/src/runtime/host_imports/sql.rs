@@ -4,7 +4,7 @@ use super::{CallState, Refusal};
 use crate::connectors::sql::{
     CallBounds, MAX_PAGE_ROWS, RowPage, SqlError, SqlTransaction, SqlValue,
 };
-use crate::runtime::contract::v0_1::plover::migration::sql;
+use crate::runtime::contract::v0_2::plover::migration::sql;
 use wasmtime::component::Resource;
 
 /// A SQL connection a guest has opened: the resource behind `sql.connection`. The

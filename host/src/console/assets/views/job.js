@@ -15,6 +15,7 @@ const ACTIONS = [
   ['pause', 'Pause', null],
   ['resume', 'Resume', null],
   ['retry', 'Retry failed steps', null],
+  ['retry-objects', 'Retry failed objects', null],
   ['cancel', 'Cancel', 'Cancel this migration? Work in progress stops at its next safe point.'],
   ['rollback', 'Roll back', 'Roll back every step that changed data, in reverse order?'],
   ['delete', 'Delete', 'Delete this migration and its history? This cannot be undone.'],
@@ -67,7 +68,9 @@ export async function jobView(main, id) {
       stat('total', count(job.total_objects)),
       stat('started', when(job.start_time)),
       stat('ended', when(job.end_time)),
-      stat('duration', duration(job.duration_ms ?? between(job.start_time, job.end_time))));
+      stat('duration', duration(job.duration_ms ?? between(job.start_time, job.end_time))),
+      // Contract 0.2 handlers may estimate; shown beside the actual duration.
+      job.estimated_duration_ms !== null ? stat('estimated', duration(job.estimated_duration_ms)) : null);
     fill(where, job.current_step ? ['Now: step ', h('strong', {}, job.current_step),
       job.current_object ? [' · object ', h('code', {}, job.current_object)] : null] : null);
     renderButtons();
@@ -96,13 +99,15 @@ export async function jobView(main, id) {
           ev.target.disabled = true;
           try {
             if (action === 'delete') {
-              const force = job.rollback_available && job.status !== 'completed';
+              const force = job.rollback_available && !['completed', 'partial'].includes(job.status);
               await api.call(`/migrations/${job.id}${force ? '?force=true' : ''}`, { method: 'DELETE' });
               notice('Deleted.');
               location.hash = '#/';
               return;
             }
-            job = await api.call(`/migrations/${job.id}/${action}`, { method: 'POST' });
+            // retry-objects takes a body (which step); {} retries every partial step.
+            const body = action === 'retry-objects' ? {} : undefined;
+            job = await api.call(`/migrations/${job.id}/${action}`, { method: 'POST', body });
             render();
             if (ended) {
               // The stream closed when the job ended; it runs again now.

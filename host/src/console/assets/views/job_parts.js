@@ -23,6 +23,8 @@ export function planPanel() {
           h('span', {}, `attempts ${s.attempts}`),
           h('span', {}, `objects ${count(s.objects)}${s.expected_objects !== null ? ` of ${count(s.expected_objects)}` : ''}`),
           h('span', {}, `took ${duration(between(s.started_at, s.ended_at))}`),
+          s.estimated_duration_ms !== null ? h('span', {}, `estimated ${duration(s.estimated_duration_ms)}`) : null,
+          s.outcome === 'partial' ? h('span', { class: 'tag no' }, 'partial: some objects failed') : null,
           h('span', {}, s.reversible ? 'reversible' : 'not reversible'),
           h('span', {}, s.resumable ? 'resumable' : 'not resumable')),
         s.summary ? h('div', { class: 'muted' }, s.summary) : null,
@@ -139,11 +141,13 @@ export function objectsPanel(id) {
     const q = new URLSearchParams({ limit: PAGE });
     if (after !== null) q.set('after', after);
     if (status.value) q.set('status', status.value);
+    // Each object's latest result: errors a retry of failed objects redid are left out.
+    q.set('current', 'true');
     page = await api.call(`/migrations/${id}/objects?${q}`);
     fill(body, page.items.length ? page.items.map(row)
       : h('tr', {}, h('td', { colspan: 7, class: 'muted' }, status.value ? `No ${status.value} results here.` : 'No results yet.')));
     prev.disabled = starts.length === 0;
-    next.disabled = page.next_after === null || (!status.value && page.items.length < PAGE);
+    next.disabled = page.next_after === null;
   }
   return {
     panel,
@@ -186,6 +190,10 @@ export function errorsPanel() {
           h('div', {}, h('strong', {}, e.kind), e.step ? ` in step ${e.step}` : '', ` (${e.phase}, ${when(e.at)})`,
             ' ', h('span', { class: `tag ${e.retryable ? 'ok' : 'no'}` }, e.retryable ? 'retryable' : 'not retryable')),
           h('div', { class: 'error' }, e.message),
+          (e.recovery || []).length
+            ? h('ul', { class: 'recovery', 'aria-label': 'What the handler suggests' },
+              e.recovery.map((r) => h('li', {}, h('code', {}, r.action), ' ', r.description)))
+            : null,
           h('div', { class: 'muted' }, 'Next: ', e.advice))),
         job.warnings.map((w) => h('li', { class: 'warning' }, w)));
     },

@@ -5,7 +5,7 @@ import * as api from '../api.js';
 import { h, fill, badge, bar, when, duration, between, debounce, guarded, notice } from '../ui.js';
 
 const STATUSES = ['planned', 'validating', 'awaiting-approval', 'executing', 'paused', 'completed',
-  'failed', 'rolling-back', 'rolled-back', 'rollback-failed', 'cancelled'];
+  'partial', 'failed', 'rolling-back', 'rolled-back', 'rollback-failed', 'cancelled'];
 const PAGE = 25;
 
 export async function listView(main) {

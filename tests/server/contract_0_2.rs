@@ -1,0 +1,205 @@
+//! Contract 0.2 over HTTP: a native 0.2 plugin's partial outcome, retry of its failed objects,
+//! estimates and recovery actions; a worker-queue step refused until the host serves queues.
+
+use super::common::{ADMIN, Server, plugin_dir};
+use plover_tests::artifacts;
+use serde_json::{Value, json};
+
+pub(super) fn import(s: &Server, bucket: &str, entries: &[(&str, &str)]) {
+    let lines: String = entries
+        .iter()
+        .map(|(k, v)| format!("{}\n", json!({ "key": k, "value": v })))
+        .collect();
+    let r = s
+        .http
+        .post(s.api(&format!("/buckets/{bucket}/import")))
+        .bearer_auth(ADMIN)
+        .body(lines)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+pub(super) fn upload_tolerant_copy(s: &Server) {
+    let r = s
+        .http
+        .post(s.api("/plugins"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(artifacts::CONTRACT_V0_2_0).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+}
+
+fn tolerant_copy(parameters: Value) -> Value {
+    json!({
+        "handler": "contract-v0-2-0",
+        "parameters": parameters,
+        "grants": { "source": "c2-src", "target": "c2-dst" },
+    })
+}
+
+#[test]
+fn a_0_2_plugin_ends_partial_its_failed_objects_are_listed_retried_and_rolled_back() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let s = Server::start(data.path(), plugins.path());
+    upload_tolerant_copy(&s);
+    let (_, listed) = s.get("/plugins/contract-v0-2-0/0.2.0", ADMIN);
+    assert_eq!(listed["contract_version"], "0.2.0", "{listed}");
+    import(&s, "c2-src", &[("a", "1"), ("b", "bad"), ("c", "3")]);
+
+    let id = s.create(&tolerant_copy(json!({})));
+    let planned = s.job(&id);
+    assert_eq!(
+        planned["estimated_duration_ms"], 50,
+        "the plan's own estimate"
+    );
+    assert_eq!(planned["steps"][0]["estimated_duration_ms"], 40);
+    let (status, _) = s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    assert_eq!(status, 202);
+    let done = s.wait_for(&id, |j| {
+        j["status"] != "executing" && j["status"] != "planned"
+    });
+    assert_eq!(done["status"], "partial", "{done}");
+    assert_eq!(done["steps"][0]["outcome"], "partial");
+    assert!(done["steps"][0]["duration_ms"].is_u64(), "{done}");
+    assert_eq!(done["completed_objects"], 2);
+    assert_eq!(done["failed_objects"], 1);
+    assert!(done["errors"].as_array().unwrap().is_empty(), "{done}");
+    let allowed = done["allowed_actions"].as_array().unwrap();
+    assert!(allowed.contains(&json!("rollback")), "{allowed:?}");
+
+    let (_, failed) = s.get(&format!("/migrations/{id}/objects?status=error"), ADMIN);
+    let names: Vec<&str> = failed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b"], "{failed}");
+    let (_, page) = s.get("/migrations?status=partial", ADMIN);
+    assert_eq!(page["total"], 1, "partial is a status lists filter by");
+    assert!(
+        s.metrics().contains("plover_jobs{state=\"partial\"} 1"),
+        "the jobs gauge has a partial series"
+    );
+
+    // The operator fixes the value and retries only the failed object.
+    let (status, body) = s.post(
+        &format!("/migrations/{id}/retry-objects"),
+        ADMIN,
+        &json!({ "step": "nope" }),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("invalid-request")),
+        "{body}"
+    );
+    import(&s, "c2-src", &[("b", "2")]);
+    let (status, retrying) = s.post(
+        &format!("/migrations/{id}/retry-objects"),
+        ADMIN,
+        &json!({}),
+    );
+    assert_eq!(status, 202, "{retrying}");
+    let from = retrying["steps"][0]["results_from"].as_u64().unwrap();
+    let retried = s.wait_for(&id, |j| j["status"] == "completed");
+    assert_eq!(retried["completed_objects"], 3);
+    assert_eq!(retried["failed_objects"], 0);
+    let (_, round) = s.get(
+        &format!("/migrations/{id}/objects?after={}", from - 1),
+        ADMIN,
+    );
+    let items = round["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only the failed object ran again: {round}");
+    assert_eq!(
+        (items[0]["name"].as_str(), items[0]["status"].as_str()),
+        (Some("b"), Some("success"))
+    );
+    let (status, body) = s.post(
+        &format!("/migrations/{id}/retry-objects"),
+        ADMIN,
+        &json!({}),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("illegal-transition")),
+        "{body}"
+    );
+    // The error `b` had is history; each object's latest result is what `current` shows.
+    let names = |query: &str| -> Vec<String> {
+        let (_, page) = s.get(&format!("/migrations/{id}/objects?{query}"), ADMIN);
+        assert!(page["next_after"].is_null(), "one page: {page}");
+        let mut names: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {}",
+                    o["name"].as_str().unwrap(),
+                    o["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names("status=error"), ["b error"]);
+    assert!(names("status=error&current=true").is_empty());
+    assert_eq!(
+        names("current=true"),
+        ["a success", "b success", "c success"]
+    );
+
+    s.post(&format!("/migrations/{id}/rollback"), ADMIN, &json!({}));
+    s.wait_for(&id, |j| j["status"] == "rolled-back");
+    let (_, left) = s.get("/buckets/c2-dst/entries", ADMIN);
+    assert_eq!(left["items"].as_array().unwrap().len(), 0, "{left}");
+
+    // A handler that does not tolerate a bad value fails the step with what to do next.
+    import(&s, "c2-src", &[("b", "bad")]);
+    let mut strict = tolerant_copy(json!({ "tolerate": false }));
+    strict["options"] = json!({ "auto_rollback": false });
+    let id = s.create(&strict);
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let failed = s.wait_for(&id, |j| j["status"] == "failed");
+    let error = &failed["errors"][0];
+    assert_eq!(error["kind"], "data-corruption", "{error}");
+    assert_eq!(error["recovery"][0]["action"], "fix-source", "{error}");
+    assert_eq!(error["recovery"][1]["action"], "rollback", "{error}");
+
+    // A plan the handler refuses says what to change.
+    let (status, body) = s.post(
+        "/migrations",
+        ADMIN,
+        &tolerant_copy(json!({ "refuse": true })),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "handler-refused");
+    assert_eq!(
+        body["details"]["recovery"][0]["action"], "fix-parameters",
+        "{body}"
+    );
+
+    // A step on a worker queue is refused by name until the host serves queues; no job is made.
+    let (_, before) = s.get("/migrations", ADMIN);
+    let (status, body) = s.post(
+        "/migrations",
+        ADMIN,
+        &tolerant_copy(json!({ "queue": "reindex" })),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "invalid-plan");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("worker queue 'reindex'"),
+        "{body}"
+    );
+    let (_, after) = s.get("/migrations", ADMIN);
+    assert_eq!(after["total"], before["total"]);
+}
