@@ -29,6 +29,9 @@ pub struct Config {
     /// How long a node's lease on a job lasts without renewal, in milliseconds: the jobs of a
     /// node that dies resume on another within about this long (PostgreSQL store).
     pub lease_ms: u64,
+    /// How long an external worker's lease on a task lasts without a heartbeat, in
+    /// milliseconds: the task of a worker that died is offered again within about this long.
+    pub worker_lease_ms: u64,
     /// Where this node's API is reached, shown in `GET /api/v1/nodes`.
     pub advertise_url: Option<String>,
     /// Mark the console's session cookie `Secure` (set it when the console is served over
@@ -99,6 +102,7 @@ impl Default for Config {
             store_pool_size: 16,
             node_name: None,
             lease_ms: 10_000,
+            worker_lease_ms: 15_000,
             advertise_url: None,
             secure_cookies: false,
             plugin_dirs: vec![PathBuf::from("plugins/target/wasm32-wasip2/release")],

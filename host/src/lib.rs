@@ -52,3 +52,5 @@ pub mod stop;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "server")]
+pub mod workers;

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub unauthenticated: IntCounter,
     pub limits: IntCounterVec,
     pub store_seconds: HistogramVec,
+    pub worker_tasks: IntCounterVec,
 }
 
 fn build() -> Metrics {
@@ -98,8 +99,17 @@ fn build() -> Metrics {
         &["backend"],
     )
     .expect("valid metric");
+    let worker_tasks = IntCounterVec::new(
+        Opts::new(
+            "plover_worker_tasks_total",
+            "Tasks of worker queues, by queue and event (claimed, completed, failed, lease-lost, stopped).",
+        ),
+        &["queue", "event"],
+    )
+    .expect("valid metric");
     for c in [
         Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(worker_tasks.clone()),
         Box::new(objects.clone()),
         Box::new(step_seconds.clone()),
         Box::new(call_seconds.clone()),
@@ -122,6 +132,7 @@ fn build() -> Metrics {
         unauthenticated,
         limits,
         store_seconds,
+        worker_tasks,
     }
 }
 
@@ -155,6 +166,11 @@ pub fn step_completed(took: Duration) {
 }
 
 /// A plugin value was cut short or refused by the bound on `what`.
+/// A worker task of `queue` was claimed or ended (`event`).
+pub fn worker_task(queue: &str, event: &str) {
+    get().worker_tasks.with_label_values(&[queue, event]).inc();
+}
+
 pub fn limit_hit(what: &str) {
     get().limits.with_label_values(&[what]).inc();
 }

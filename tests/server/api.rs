@@ -617,6 +617,11 @@ fn openapi_document_matches_the_routes() {
         ("GET", "/api/v1/buckets/{name}/entries"),
         ("POST", "/api/v1/demo"),
         ("GET", "/api/v1/openapi.json"),
+        ("POST", "/api/v1/workers/claim"),
+        ("POST", "/api/v1/workers/tasks/{task}/heartbeat"),
+        ("POST", "/api/v1/workers/tasks/{task}/report"),
+        ("POST", "/api/v1/workers/tasks/{task}/complete"),
+        ("POST", "/api/v1/workers/tasks/{task}/fail"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/readyz/plugins"),
@@ -639,7 +644,8 @@ fn openapi_document_matches_the_routes() {
             .replace("{id}", "x")
             .replace("{name}", "x")
             .replace("{version}", "1.0.0")
-            .replace("{action}", "execute");
+            .replace("{action}", "execute")
+            .replace("{task}", "x");
         let r = s
             .http
             .request(m.parse().unwrap(), format!("{}{concrete}", s.url))

@@ -1,5 +1,5 @@
 //! Contract 0.2 over HTTP: a native 0.2 plugin's partial outcome, retry of its failed objects,
-//! estimates and recovery actions; a worker-queue step refused until the host serves queues.
+//! estimates and recovery actions; a queue name the host cannot serve refused.
 
 use super::common::{ADMIN, Server, plugin_dir};
 use plover_tests::artifacts;
@@ -184,20 +184,21 @@ fn a_0_2_plugin_ends_partial_its_failed_objects_are_listed_retried_and_rolled_ba
         "{body}"
     );
 
-    // A step on a worker queue is refused by name until the host serves queues; no job is made.
+    // A queue name the host could not serve is refused by name, as the plugin's fault (it made
+    // the plan); no job is made.
     let (_, before) = s.get("/migrations", ADMIN);
     let (status, body) = s.post(
         "/migrations",
         ADMIN,
-        &tolerant_copy(json!({ "queue": "reindex" })),
+        &tolerant_copy(json!({ "queue": "re index" })),
     );
     assert_eq!(status, 422, "{body}");
-    assert_eq!(body["code"], "invalid-plan");
+    assert_eq!(body["code"], "plugin-failed");
     assert!(
         body["message"]
             .as_str()
             .unwrap()
-            .contains("worker queue 'reindex'"),
+            .contains("names worker queue \"re index\""),
         "{body}"
     );
     let (_, after) = s.get("/migrations", ADMIN);

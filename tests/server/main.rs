@@ -22,3 +22,4 @@ mod plugin_test;
 mod python_handlers;
 mod sandbox;
 mod signing;
+mod workers;

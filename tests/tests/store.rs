@@ -893,7 +893,17 @@ fn nodes_starting_together_all_store_the_same_bootstrap_token_without_a_conflict
             sha256: format!("{round:064}"),
             info: TokenInfo {
                 name: format!("admin-{round}"),
-                role: Role::Admin,
+                // Odd rounds store worker tokens, whose queues must come back from PostgreSQL.
+                role: if round % 2 == 1 {
+                    Role::Worker
+                } else {
+                    Role::Admin
+                },
+                queues: if round % 2 == 1 {
+                    vec![format!("q-{round}"), "shared".to_string()]
+                } else {
+                    Vec::new()
+                },
                 created_at: chrono::Utc::now(),
             },
         };
@@ -918,5 +928,11 @@ fn nodes_starting_together_all_store_the_same_bootstrap_token_without_a_conflict
             "round {round}: exactly one node stored it"
         );
     }
-    assert_eq!(PgTokens::new(pool).all().unwrap().len(), 20);
+    let tokens = PgTokens::new(pool);
+    assert_eq!(tokens.all().unwrap().len(), 20);
+    let worker = tokens.by_hash(&format!("{:064}", 3)).unwrap().unwrap();
+    assert_eq!(worker.role, Role::Worker);
+    assert_eq!(worker.queues, ["q-3", "shared"]);
+    let admin = tokens.by_hash(&format!("{:064}", 4)).unwrap().unwrap();
+    assert!(admin.queues.is_empty(), "{:?}", admin.queues);
 }

@@ -76,11 +76,19 @@ impl AuditLog {
     }
 }
 
+/// A worker's heartbeats and reports: several a second per task, and what they carry is in the
+/// job's own feed. Claims that got a task, completions and failures are audited.
+fn is_worker_chatter(path: &str) -> bool {
+    path.starts_with("/api/v1/workers/tasks/")
+        && (path.ends_with("/heartbeat") || path.ends_with("/report"))
+}
+
 /// Middleware: record every mutating request made with a valid token once its response is
 /// known, durably, before the response leaves.
 pub async fn record(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    if matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+    if matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") || is_worker_chatter(req.uri().path())
+    {
         return next.run(req).await;
     }
     let path = req
@@ -99,6 +107,10 @@ pub async fn record(State(s): State<Arc<AppState>>, req: Request, next: Next) ->
         return response;
     };
     let status = response.status().as_u16();
+    if status == 204 && path == "/api/v1/workers/claim" {
+        // An idle worker's long poll, every few seconds: nothing happened.
+        return response;
+    }
     let state = s.clone();
     let written = tokio::task::spawn_blocking(move || {
         state.audit.append(actor, method.to_string(), path, status)

@@ -20,6 +20,8 @@ use std::sync::Arc;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Claim and report tasks of the worker queues the token names, and nothing else.
+    Worker,
     /// Read everything.
     Viewer,
     /// Viewer, plus create, run, approve, cancel and roll back migrations.
@@ -32,6 +34,9 @@ pub enum Role {
 pub struct TokenInfo {
     pub name: String,
     pub role: Role,
+    /// The worker queues a `worker` token serves (empty for every other role).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -49,6 +54,10 @@ pub enum TokenError {
     InvalidName,
     #[error("a token named '{0}' exists")]
     Exists(String),
+    #[error(
+        "a worker token names 1-64 queues (each 1-64 letters, digits, '.', '_' or '-'); other roles name none"
+    )]
+    InvalidQueues,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -79,11 +88,13 @@ impl TokenStore {
         Ok(self.records.all()?.is_empty())
     }
 
-    /// Store `token` (or a fresh one) as `name` with `role`; returns the token.
+    /// Store `token` (or a fresh one) as `name` with `role` (and, for a worker, the queues it
+    /// serves); returns the token.
     pub fn create(
         &self,
         name: &str,
         role: Role,
+        queues: Vec<String>,
         token: Option<String>,
     ) -> Result<String, TokenError> {
         if name.is_empty()
@@ -94,12 +105,22 @@ impl TokenStore {
         {
             return Err(TokenError::InvalidName);
         }
+        let queues_fit = if role == Role::Worker {
+            (1..=64).contains(&queues.len())
+                && queues.iter().all(|q| crate::runtime::bounds::is_step_id(q))
+        } else {
+            queues.is_empty()
+        };
+        if !queues_fit {
+            return Err(TokenError::InvalidQueues);
+        }
         let token = token.unwrap_or_else(new_token);
         let stored = StoredToken {
             sha256: hash(&token),
             info: TokenInfo {
                 name: name.into(),
                 role,
+                queues,
                 created_at: Utc::now(),
             },
         };
@@ -166,6 +187,8 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The queues a worker token serves.
+    pub queues: Vec<String>,
 }
 
 impl Caller {
@@ -228,6 +251,7 @@ pub async fn authenticate(
     Ok(Caller {
         name: info.name,
         role: info.role,
+        queues: info.queues,
     })
 }
 
@@ -250,6 +274,7 @@ async fn from_session(
     Ok(Caller {
         name: info.name,
         role: info.role,
+        queues: info.queues,
     })
 }
 

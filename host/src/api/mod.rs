@@ -21,6 +21,7 @@ pub mod sessions;
 pub mod sse;
 pub mod token_records;
 pub mod uploaded_plugins;
+pub mod workers;
 
 use crate::engine::Engine;
 use crate::runtime::Runtime;
@@ -89,6 +90,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize, request_timeout: Dura
         .route("/buckets/{name}/import", post(buckets::import))
         .route("/buckets/{name}/entries", get(buckets::entries))
         .route("/demo", post(demo::plan))
+        .route("/workers/claim", post(workers::claim))
+        .route("/workers/tasks/{task}/heartbeat", post(workers::heartbeat))
+        .route("/workers/tasks/{task}/report", post(workers::report))
+        .route("/workers/tasks/{task}/complete", post(workers::complete))
+        .route("/workers/tasks/{task}/fail", post(workers::fail))
         .route("/openapi.json", get(openapi::document))
         .layer(axum::middleware::from_fn(move |req, next| {
             time_limit(request_timeout, req, next)

@@ -7,7 +7,7 @@
 
 use super::{
     audit, auth, buckets, connections, demo, error, exports, migrations, nodes, ops, plugins,
-    sessions, sse,
+    sessions, sse, workers,
 };
 use axum::Json;
 use axum::response::IntoResponse;
@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         ops::list_tokens, ops::create_token, ops::revoke_token, audit::list,
         nodes::list, sessions::sign_in, sessions::show, sessions::sign_out, document,
         ops::healthz, ops::readyz, ops::readyz_plugins, ops::metrics,
+        workers::claim, workers::heartbeat, workers::report, workers::complete, workers::fail,
     ),
     components(schemas(
         error::ErrorBody, auth::Role, auth::TokenInfo, ops::NewToken, ops::CreatedToken,
@@ -45,6 +46,7 @@ use utoipa::{Modify, OpenApi};
         (name = "events", description = "Live progress (Server-Sent Events)"),
         (name = "tokens", description = "API tokens and the audit trail (admin)"),
         (name = "operations", description = "Health, metrics, the nodes and this document"),
+        (name = "workers", description = "External workers: claim, report, complete or fail the tasks of steps on worker queues"),
     )
 )]
 pub struct ApiDoc;

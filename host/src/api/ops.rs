@@ -98,6 +98,9 @@ pub struct NewToken {
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     name: String,
     role: Role,
+    /// For a `worker` token: the queues it serves (1-64 names).
+    #[serde(default)]
+    queues: Vec<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", operation_id = "create_token", request_body = NewToken,
@@ -113,12 +116,15 @@ pub async fn create_token(
     let token = blocking(move || {
         state
             .tokens
-            .create(&req.name, req.role, None)
+            .create(&req.name, req.role, req.queues, None)
             .map_err(|e| match e {
                 TokenError::InvalidName => {
                     AppError::unprocessable("invalid-token-name", e.to_string())
                 }
                 TokenError::Exists(_) => AppError::conflict("token-exists", e.to_string()),
+                TokenError::InvalidQueues => {
+                    AppError::unprocessable("invalid-token-queues", e.to_string())
+                }
                 TokenError::Store(e) => e.into(),
             })
     })

@@ -135,10 +135,12 @@ fn pg_failure(e: postgres::Error) -> StoreError {
 
 fn info_of(row: &postgres::Row) -> Result<TokenInfo, StoreError> {
     let role: String = row.get("role");
+    let queues: Option<Vec<String>> = row.get("queues");
     Ok(TokenInfo {
         name: row.get("name"),
         role: serde_json::from_value(serde_json::Value::String(role.clone()))
             .map_err(|_| StoreError::corrupt(format!("tokens: unknown role '{role}'")))?,
+        queues: queues.unwrap_or_default(),
         created_at: row.get("created_at"),
     })
 }
@@ -158,13 +160,14 @@ impl TokenRecords for PgTokens {
                 // No conflict target: nodes started together all insert the same bootstrap
                 // token, and a race on the sha256 index (not the arbiter of `ON CONFLICT
                 // (name)`) raised a unique violation that stopped a node's start.
-                "INSERT INTO api_tokens (name, sha256, role, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO api_tokens (name, sha256, role, created_at, queues)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[
                     &token.info.name,
                     &token.sha256,
                     &role_text(token.info.role),
                     &token.info.created_at,
+                    &token.info.queues,
                 ],
             )
             .map_err(pg_failure)?;
@@ -181,7 +184,7 @@ impl TokenRecords for PgTokens {
 
     fn all(&self) -> Result<Vec<TokenInfo>, StoreError> {
         self.client()?
-            .query("SELECT name, role, created_at FROM api_tokens", &[])
+            .query("SELECT name, role, created_at, queues FROM api_tokens", &[])
             .map_err(pg_failure)?
             .iter()
             .map(info_of)
@@ -191,7 +194,7 @@ impl TokenRecords for PgTokens {
     fn by_hash(&self, sha256: &str) -> Result<Option<TokenInfo>, StoreError> {
         self.client()?
             .query_opt(
-                "SELECT name, role, created_at FROM api_tokens WHERE sha256 = $1",
+                "SELECT name, role, created_at, queues FROM api_tokens WHERE sha256 = $1",
                 &[&sha256],
             )
             .map_err(pg_failure)?

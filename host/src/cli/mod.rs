@@ -6,8 +6,8 @@
 //! included: some objects failed), 2 when a request failed.
 //!
 //! Files: `client.rs` the HTTP client, `follow.rs` the live event stream, `status.rs` the
-//! readable report, `data.rs` buckets and the demo, `output.rs` stdout that a closed pipe
-//! ends quietly.
+//! readable report, `data.rs` buckets and the demo, `worker.rs` an external worker running a
+//! program per task, `output.rs` stdout that a closed pipe ends quietly.
 
 mod client;
 mod data;
@@ -18,6 +18,7 @@ mod plugin_new;
 mod plugin_sign;
 mod plugin_test;
 mod status;
+mod worker;
 
 use crate::config::Config;
 use clap::{Parser, Subcommand};
@@ -145,6 +146,10 @@ enum Command {
         #[arg(long)]
         run: bool,
     },
+    /// Run COMMAND for every task of a worker queue: `plover worker --queue NAME -- COMMAND…`
+    /// (the task as JSON on stdin; its output lines, JSON or plain, become the task's logs,
+    /// results, checkpoints and end).
+    Worker(worker::WorkerArgs),
     /// List migrations.
     Ls {
         #[arg(long)]
@@ -383,6 +388,7 @@ fn run(client: &Client, command: Command) -> Result<ExitCode, CliError> {
         Command::Plan(args) => plan(client, args)?,
         Command::Bucket(command) => return data::bucket(client, command),
         Command::Demo { run } => return data::demo(client, run),
+        Command::Worker(args) => return worker::run(client, args),
         Command::Validate { id, wait } => {
             client.post(&format!("/migrations/{id}/validate"))?;
             if !wait {

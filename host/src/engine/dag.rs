@@ -14,12 +14,6 @@ pub enum PlanError {
     UnknownDependency { step: String, missing: String },
     #[error("steps form a cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
-    /// Contract 0.2 lets a step name a worker queue; the worker API that serves queues is not
-    /// in this host yet, so such a plan is refused rather than run by the plugin.
-    #[error(
-        "step '{step}' is to run on worker queue '{queue}', but this host has no worker queues yet"
-    )]
-    WorkerQueue { step: String, queue: String },
 }
 
 /// Check the plan and return its steps (by index) in a dependency order: every step after all
@@ -27,12 +21,6 @@ pub enum PlanError {
 pub fn topological_order(plan: &Plan) -> Result<Vec<usize>, PlanError> {
     if plan.steps.is_empty() {
         return Err(PlanError::Empty);
-    }
-    if let Some(s) = plan.steps.iter().find(|s| s.queue.is_some()) {
-        return Err(PlanError::WorkerQueue {
-            step: s.id.clone(),
-            queue: s.queue.clone().unwrap_or_default(),
-        });
     }
     let mut index = BTreeMap::new();
     for (i, s) in plan.steps.iter().enumerate() {
@@ -175,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn a_step_on_a_worker_queue_is_refused_by_name_and_estimates_add_up() {
+    fn estimates_add_up_and_a_queue_step_is_ordered_like_any_other() {
         let mut p = plan(&[("a", &[]), ("b", &["a"])]);
         assert_eq!(p.estimate_ms(), None, "no step has an estimate");
         p.steps[0].estimated_duration_ms = Some(30);
@@ -185,13 +173,7 @@ mod tests {
         p.estimated_duration_ms = Some(50);
         assert_eq!(p.estimate_ms(), Some(50), "the plan's own estimate wins");
         p.steps[1].queue = Some("reindex".into());
-        assert_eq!(
-            topological_order(&p),
-            Err(PlanError::WorkerQueue {
-                step: "b".into(),
-                queue: "reindex".into()
-            })
-        );
+        assert_eq!(topological_order(&p), Ok(vec![0, 1]));
     }
 
     #[test]

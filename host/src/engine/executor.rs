@@ -15,6 +15,7 @@ use crate::connectors::Grants;
 use crate::model::{ErrorKind, LogLevel, MigrationError, PlanStep, StepOutcome};
 use crate::runtime::{JobContext, LoadedPlugin, PluginError, PluginFailure};
 use crate::store::JobStore;
+use crate::workers::{Settle, TaskKind, WorkerQueues};
 use chrono::Utc;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ struct RunSetup {
     max_results: u64,
     progress_hooks: Arc<std::sync::Mutex<Vec<super::FinalHook>>>,
     store: Arc<dyn JobStore>,
+    workers: Arc<WorkerQueues>,
 }
 
 /// Start executing a job already moved to `executing`; the run keeps `lease` until it ends.
@@ -112,6 +114,7 @@ fn prepare(
             .load(std::sync::atomic::Ordering::Relaxed),
         progress_hooks: inner.progress_hooks.clone(),
         store: inner.store.clone(),
+        workers: inner.workers.clone(),
     })
 }
 
@@ -322,6 +325,7 @@ pub(super) struct RunSetupRef {
     max_results: u64,
     progress_hooks: Arc<std::sync::Mutex<Vec<super::FinalHook>>>,
     pub(super) store: Arc<dyn JobStore>,
+    pub(super) workers: Arc<WorkerQueues>,
 }
 
 impl From<&RunSetup> for RunSetupRef {
@@ -334,6 +338,7 @@ impl From<&RunSetup> for RunSetupRef {
             max_results: s.max_results,
             progress_hooks: s.progress_hooks.clone(),
             store: s.store.clone(),
+            workers: s.workers.clone(),
         }
     }
 }
@@ -405,11 +410,28 @@ pub(super) fn run_call(
                 .with_max_results(setup.max_results)
                 .with_progress_hooks(setup.progress_hooks.clone()),
         );
-        let ctx = context(setup, events.clone(), checkpoint, options.step_timeout_secs);
-        // Clone first: a guard inside the call expression would hold the record's lock for the
-        // whole plugin call, and the plugin's own events need that lock.
-        let spec = handle.lock().spec.clone();
-        let result = setup.plugin.execute(&ctx, &spec, step, objects);
+        // Dropped when this attempt's end is recorded: a worker's complete/fail is answered then.
+        let (result, settle) = if step.queue.is_some() {
+            let (end, settle) = super::worker_steps::call(
+                setup,
+                &events,
+                step,
+                TaskKind::Execute,
+                attempt,
+                checkpoint,
+                objects,
+            );
+            (Ok(end), Some(settle))
+        } else {
+            let ctx = context(setup, events.clone(), checkpoint, options.step_timeout_secs);
+            // Clone first: a guard inside the call expression would hold the record's lock
+            // for the whole plugin call, and the plugin's own events need that lock.
+            let spec = handle.lock().spec.clone();
+            (
+                setup.plugin.execute(&ctx, &spec, step, objects),
+                None::<Settle>,
+            )
+        };
         events.write_staged();
 
         if setup.control.is_handing_off() {
@@ -490,6 +512,7 @@ pub(super) fn run_call(
             }
             Ok(Err(e)) if e.retryable && attempt < options.retry.attempts && !stopping => {
                 let discarded = events.stop();
+                drop(settle);
                 let wait = options.retry.backoff(attempt + 1);
                 let _ = handle.host_log(
                     LogLevel::Warning,
@@ -729,9 +752,22 @@ fn rollback_step(
                 .with_max_results(setup.max_results)
                 .with_progress_hooks(setup.progress_hooks.clone()),
         );
-        let ctx = context(setup, events.clone(), None, options.step_timeout_secs);
-        let spec = handle.lock().spec.clone();
-        let result = setup.plugin.rollback(&ctx, &spec, step);
+        let (result, settle) = if step.queue.is_some() {
+            let (end, settle) = super::worker_steps::call(
+                setup,
+                &events,
+                step,
+                TaskKind::Rollback,
+                attempt,
+                None,
+                None,
+            );
+            (Ok(end), Some(settle))
+        } else {
+            let ctx = context(setup, events.clone(), None, options.step_timeout_secs);
+            let spec = handle.lock().spec.clone();
+            (setup.plugin.rollback(&ctx, &spec, step), None::<Settle>)
+        };
         events.write_staged();
         if setup.control.is_handing_off() {
             events.stop();
@@ -765,6 +801,7 @@ fn rollback_step(
                 ..
             })) if attempt < options.retry.attempts => {
                 events.stop();
+                drop(settle);
                 let wait = options.retry.backoff(attempt + 1);
                 let _ = handle.host_log(
                     LogLevel::Warning,

@@ -33,6 +33,7 @@ mod remote;
 pub mod state;
 mod table;
 pub mod tracking;
+mod worker_steps;
 
 pub(crate) use crate::model::truncated;
 pub(crate) use lifecycle::handler_options;
@@ -191,6 +192,8 @@ pub(crate) struct Inner {
     plugin_source: std::sync::OnceLock<PluginSource>,
     /// How long a request waits for a plugin still loading since start-up, in milliseconds.
     plugin_wait_ms: std::sync::atomic::AtomicU64,
+    /// The tasks of steps on worker queues this node offers.
+    workers: Arc<crate::workers::WorkerQueues>,
 }
 
 /// Loads the plugin with this sha256 into the registry, if the host keeps it somewhere.
@@ -320,6 +323,7 @@ impl Engine {
             ownership: Default::default(),
             plugin_source: Default::default(),
             plugin_wait_ms: 30_000.into(),
+            workers: Default::default(),
         };
         Ok(Engine {
             inner: Arc::new(inner),
@@ -368,6 +372,11 @@ impl Engine {
     /// driving a step by hand): kept until the guard is dropped.
     pub fn hold_lease(&self, id: &str) -> Result<ownership::LeaseGuard, EngineError> {
         self.owned(id).map(|(_, guard)| guard)
+    }
+
+    /// The tasks this node offers to external workers.
+    pub fn workers(&self) -> &Arc<crate::workers::WorkerQueues> {
+        &self.inner.workers
     }
 
     pub fn registry(&self) -> &Arc<PluginRegistry> {

@@ -181,6 +181,20 @@ impl StepEvents {
         std::mem::take(&mut p.staged).count
     }
 
+    /// Commit now what waits in memory (the newest checkpoint with the results before it, or
+    /// else logs and progress), regardless of [`CHECKPOINT_EVERY`]: a worker's report is
+    /// answered only once it is durable.
+    pub fn commit_now(&self) -> Result<(), StoreError> {
+        let mut p = self.pending();
+        let objects = if p.checkpoint.is_some() {
+            CommitObjects::AtCheckpoint
+        } else {
+            CommitObjects::None
+        };
+        self.commit(&mut p, objects);
+        p.failure.clone().map_or(Ok(()), Err)
+    }
+
     /// Why the step's results could not be recorded, if they could not.
     pub fn failure(&self) -> Option<StoreError> {
         self.pending().failure.clone()

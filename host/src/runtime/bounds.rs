@@ -80,6 +80,14 @@ pub fn plan(p: &mut Plan) -> Result<(), String> {
                 "step id {shown:?} must be 1-{MAX_IDENT} letters, digits, '.', '_' or '-'"
             ));
         }
+        if let Some(queue) = step.queue.as_deref().filter(|q| !is_step_id(q)) {
+            crate::metrics::limit_hit("queue-name");
+            let shown: String = queue.chars().take(64).collect();
+            return Err(format!(
+                "step '{}' names worker queue {shown:?}; a queue name is 1-{MAX_IDENT} letters, digits, '.', '_' or '-'",
+                step.id
+            ));
+        }
         if step.depends_on.len() > MAX_STEPS {
             crate::metrics::limit_hit("plan-steps");
             return Err(format!("step '{}' has too many dependencies", step.id));

@@ -95,6 +95,9 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
         engine.set_concurrent_dry_calls(config.max_concurrent_dry_calls);
     }
     engine.set_max_results_per_step(config.max_object_results_per_step);
+    engine
+        .workers()
+        .set_lease(Duration::from_millis(config.worker_lease_ms));
     // A request for a plugin still compiling waits, but is answered before its own timeout.
     engine.set_plugin_wait(Duration::from_secs(config.request_timeout_secs).mul_f64(0.9));
 
@@ -116,7 +119,7 @@ pub fn open(config: &Config, status: &StartupStatus) -> anyhow::Result<Arc<AppSt
             .ok()
             .filter(|t| !t.is_empty());
         let shown = preset.is_none();
-        match tokens.create("admin", Role::Admin, preset) {
+        match tokens.create("admin", Role::Admin, vec![], preset) {
             Ok(token) if shown => {
                 // Shown once: only its hash is stored.
                 eprintln!("plover: created the first admin token (shown only now): {token}");
