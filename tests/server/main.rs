@@ -16,6 +16,7 @@ mod durability;
 mod hardening;
 mod kill;
 mod pg_store;
+mod plugin_less;
 mod plugin_loading;
 mod plugin_new;
 mod plugin_test;
