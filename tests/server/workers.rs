@@ -1,6 +1,7 @@
 //! External workers over HTTP: a step on a worker queue run by `plover worker` driving a
 //! Python program, killed midway and resumed by a second worker from the checkpoint; the
-//! worker protocol by hand (fencing, pause and cancel reaching the worker); worker tokens.
+//! worker protocol by hand (fencing, pause and cancel reaching the worker); `plover worker`
+//! killing its program on pause and running the resumed task; worker tokens.
 
 use super::common::{ADMIN, Server, object_names_once, plugin_dir};
 use super::contract_0_2::{import, upload_tolerant_copy};
@@ -342,4 +343,91 @@ fn worker_tokens_reach_only_their_queues_and_nothing_else() {
         &json!({ "lease": "x" }),
     );
     assert_eq!((status, body["code"].as_str()), (409, Some("lease-lost")));
+}
+
+/// Records its pid, checkpoints, then waits until killed; an attempt given a checkpoint
+/// completes at once, saying where it resumed.
+const WAITS_FOR_A_STOP: &str = r#"
+if [ -n "$PLOVER_CHECKPOINT" ]; then
+  echo "resumed from $PLOVER_CHECKPOINT"
+  echo '{"complete": {"summary": "finished after the pause"}}'
+  exit 0
+fi
+echo $$ > "$PID_FILE"
+echo '{"checkpoint": "half"}'
+exec sleep 600
+"#;
+
+#[test]
+fn plover_worker_kills_its_program_on_pause_and_runs_the_resumed_task_from_the_checkpoint() {
+    let (data, plugins, work) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    std::fs::copy(
+        plover_tests::artifacts::WORKER_PLAN,
+        plugins.path().join("worker_plan.wasm"),
+    )
+    .unwrap();
+    let s = Server::start_with_config(data.path(), plugins.path(), "worker_lease_ms = 1500\n");
+    let id = s.create(&json!({
+        "handler": "worker-plan",
+        "parameters": { "steps": [{ "id": "long", "queue": "long" }] },
+    }));
+    let pid_file = work.path().join("pid");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_plover"))
+        .args([
+            "worker",
+            "--queue",
+            "long",
+            "--",
+            "sh",
+            "-c",
+            WAITS_FOR_A_STOP,
+        ])
+        .env("PLOVER_SERVER", &s.url)
+        .env("PLOVER_TOKEN", ADMIN)
+        .env("PID_FILE", &pid_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let started = Instant::now();
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (status, body) = s.post(&format!("/migrations/{id}/pause"), ADMIN, &json!({}));
+    assert!(status < 300, "{status} {body}");
+    let paused = s.wait_for(&id, |j| j["status"] == "paused");
+    assert_eq!(paused["steps"][0]["status"], "interrupted", "{paused}");
+    let gone = Instant::now();
+    // The program is killed, not left running behind a paused job (a zombie until reaped
+    // counts as gone: its state is Z).
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z "))
+    {
+        assert!(gone.elapsed() < Duration::from_secs(10), "{pid} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (status, body) = s.post(&format!("/migrations/{id}/resume"), ADMIN, &json!({}));
+    assert!(status < 300, "{status} {body}");
+    let done = s.wait_for(&id, |j| j["status"] == "completed");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(
+        done["steps"][0]["summary"], "finished after the pause",
+        "{done}"
+    );
+    let logs = log_lines(&s, &id);
+    assert!(logs.iter().any(|l| l == "resumed from half"), "{logs:?}");
 }
