@@ -176,6 +176,13 @@ fn a_tool_registers_a_plan_of_its_own_and_workers_run_every_step() {
             .contains(&format!("extracted 3 rows for job {id}")),
         "the program's plain line is a log line, and it knew its job: {logs}"
     );
+    let line = logs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["message"] == format!("extracted 3 rows for job {id}"))
+        .unwrap();
+    assert_eq!(line["source"], "worker", "{line}");
 
     // Rollback: both steps are reversible, so each is offered as a task, "load" first.
     let (status, body) = s.post(&format!("/migrations/{id}/rollback"), ADMIN, &json!({}));

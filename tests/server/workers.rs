@@ -33,6 +33,18 @@ fn worker_token(s: &Server, name: &str, queues: &[&str]) -> String {
 /// `entries` keys `k0000…` in the source bucket (what the plan counts) and in a JSON Lines
 /// file the worker reads; the migration's id.
 fn file_copy_job(s: &Server, dir: &Path, queue: &str, entries: usize, params: Value) -> String {
+    file_copy_job_with(s, dir, queue, entries, params, json!({}))
+}
+
+/// [`file_copy_job`] with more job `options`.
+fn file_copy_job_with(
+    s: &Server,
+    dir: &Path,
+    queue: &str,
+    entries: usize,
+    params: Value,
+    options: Value,
+) -> String {
     let bucket = format!("{queue}-src");
     let pairs: Vec<(String, String)> = (0..entries)
         .map(|i| (format!("k{i:04}"), format!("value {i}")))
@@ -54,11 +66,16 @@ fn file_copy_job(s: &Server, dir: &Path, queue: &str, entries: usize, params: Va
         .as_object_mut()
         .unwrap()
         .extend(params.as_object().unwrap().clone());
+    let mut all_options = json!({ "retry": { "attempts": 5 }, "cancel_grace_secs": 1 });
+    all_options
+        .as_object_mut()
+        .unwrap()
+        .extend(options.as_object().unwrap().clone());
     s.create(&json!({
         "handler": "contract-v0-2-0",
         "parameters": parameters,
         "grants": { "source": bucket, "target": format!("{queue}-dst") },
-        "options": { "retry": { "attempts": 5 }, "cancel_grace_secs": 1 },
+        "options": all_options,
     }))
 }
 
@@ -430,4 +447,46 @@ fn plover_worker_kills_its_program_on_pause_and_runs_the_resumed_task_from_the_c
     );
     let logs = log_lines(&s, &id);
     assert!(logs.iter().any(|l| l == "resumed from half"), "{logs:?}");
+}
+
+#[test]
+fn a_task_past_the_step_timeout_is_told_so_and_the_step_fails_as_a_timeout() {
+    let (data, plugins, work) = (
+        tempfile::tempdir().unwrap(),
+        plugin_dir(),
+        tempfile::tempdir().unwrap(),
+    );
+    let s = server(data.path(), plugins.path());
+    let id = file_copy_job_with(
+        &s,
+        work.path(),
+        "slow",
+        10,
+        json!({}),
+        json!({ "step_timeout_secs": 1, "auto_rollback": false }),
+    );
+    let (status, body) = s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    assert!(status < 300, "{status} {body}");
+    let task = claim(&s, ADMIN, "slow");
+    assert_eq!(beat_until_stop(&s, &task), "timeout");
+    let (status, body) = s.post(
+        &format!("/workers/tasks/{}/fail", task["task"].as_str().unwrap()),
+        ADMIN,
+        &json!({ "lease": task["lease"], "kind": "cancelled", "message": "stopped" }),
+    );
+    assert_eq!(status, 204, "{body}");
+    let failed = s.wait_for(&id, |j| j["status"] == "failed");
+    let error = &failed["errors"][0];
+    assert_eq!(error["kind"], "timeout", "{failed}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("ran past the step's limit of 1 s"),
+        "{failed}"
+    );
+    assert_eq!(
+        failed["steps"][0]["attempts"], 1,
+        "a timeout is not retried"
+    );
 }

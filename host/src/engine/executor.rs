@@ -7,7 +7,7 @@
 use super::Inner;
 use super::dag;
 use super::handle::{JobHandle, RunControl, StopReason, move_to};
-use super::job::{EventBody, JobError};
+use super::job::{EventBody, JobError, LogSource};
 use super::ownership::LeaseGuard;
 use super::state::{JobStatus, StepStatus};
 use super::tracking::StepEvents;
@@ -408,7 +408,8 @@ pub(super) fn run_call(
         let events = Arc::new(
             StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
                 .with_max_results(setup.max_results)
-                .with_progress_hooks(setup.progress_hooks.clone()),
+                .with_progress_hooks(setup.progress_hooks.clone())
+                .with_log_source(log_source(step)),
         );
         // Dropped when this attempt's end is recorded: a worker's complete/fail is answered then.
         let (result, settle) = if step.queue.is_some() {
@@ -563,6 +564,15 @@ pub(super) fn run_call(
                 );
             }
         }
+    }
+}
+
+/// Who a step's log lines come from.
+fn log_source(step: &PlanStep) -> LogSource {
+    if step.queue.is_some() {
+        LogSource::Worker
+    } else {
+        LogSource::Plugin
     }
 }
 
@@ -750,7 +760,8 @@ fn rollback_step(
         let events = Arc::new(
             StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
                 .with_max_results(setup.max_results)
-                .with_progress_hooks(setup.progress_hooks.clone()),
+                .with_progress_hooks(setup.progress_hooks.clone())
+                .with_log_source(log_source(step)),
         );
         let (result, settle) = if step.queue.is_some() {
             let (end, settle) = super::worker_steps::call(

@@ -323,6 +323,8 @@ impl EventBody {
 pub enum LogSource {
     Host,
     Plugin,
+    /// An external worker running a step on a queue.
+    Worker,
 }
 
 /// One entry of a job's change feed. `seq` increases by one per event, per job.

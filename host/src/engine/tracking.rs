@@ -93,6 +93,8 @@ pub struct StepEvents {
     max_results: u64,
     /// Told of the job's progress when it asks for notices (`webhook_progress_secs`).
     progress_hooks: Option<Arc<Mutex<Vec<super::FinalHook>>>>,
+    /// Who the step's log lines come from: the plugin, or the worker running the step.
+    log_source: LogSource,
 }
 
 impl StepEvents {
@@ -115,6 +117,7 @@ impl StepEvents {
             tracking: true,
             max_results: crate::runtime::bounds::DEFAULT_MAX_RESULTS_PER_STEP,
             progress_hooks: None,
+            log_source: LogSource::Plugin,
         }
     }
 
@@ -137,6 +140,12 @@ impl StepEvents {
         for hook in hooks.lock().expect("hooks lock").iter() {
             hook(&snap);
         }
+    }
+
+    /// Log lines come from `source` (a worker, for a step on a queue).
+    pub fn with_log_source(mut self, source: LogSource) -> Self {
+        self.log_source = source;
+        self
     }
 
     /// At most `n` object results for the step (the host's `max_object_results_per_step`).
@@ -298,7 +307,7 @@ impl StepEvents {
         for (level, message) in p.logs.drain(..) {
             events.push(EventBody::Log {
                 level,
-                source: LogSource::Plugin,
+                source: self.log_source,
                 step: Some(self.step.clone()),
                 message,
             });

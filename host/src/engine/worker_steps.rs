@@ -5,10 +5,11 @@
 use super::executor::RunSetupRef;
 use super::handle::{JobHandle, RunControl, StopReason};
 use super::tracking::StepEvents;
-use crate::model::{LogLevel, MigrationError, ObjectResult, PlanStep, StepReport};
+use crate::model::{ErrorKind, LogLevel, MigrationError, ObjectResult, PlanStep, StepReport};
 use crate::runtime::JobEvents;
 use crate::workers::{RunStop, Settle, TaskKind, TaskOffer, TaskSink};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Where a worker's reports go: the step's tracking, and the job's log for host lines.
 struct StepSink {
@@ -60,7 +61,9 @@ fn run_stop(control: &RunControl) -> RunStop {
     }
 }
 
-/// One attempt of `step` (`kind`) by a worker, waited for on this (blocking) thread.
+/// One attempt of `step` (`kind`) by a worker, waited for on this (blocking) thread. The job's
+/// `step_timeout_secs` bounds it as it bounds a plugin's call: past it the worker is told
+/// `timeout` (and fenced after the cancel grace), and the step fails with kind `timeout`.
 pub(super) fn call(
     setup: &RunSetupRef,
     events: &Arc<StepEvents>,
@@ -86,5 +89,41 @@ pub(super) fn call(
         step: step.id.clone(),
     });
     let control = setup.control.clone();
-    setup.workers.run(offer, sink, &|| run_stop(&control))
+    let (limit, grace) = {
+        let options = &handle.lock().options;
+        (
+            (options.step_timeout_secs > 0).then(|| Duration::from_secs(options.step_timeout_secs)),
+            Duration::from_secs(options.cancel_grace_secs),
+        )
+    };
+    let started = Instant::now();
+    let past = |extra: Duration| limit.is_some_and(|l| started.elapsed() >= l + extra);
+    let (end, settle) = setup
+        .workers
+        .run(offer, sink, &|| match run_stop(&control) {
+            RunStop::Running if past(grace) => RunStop::Forced,
+            RunStop::Running if past(Duration::ZERO) => RunStop::Asked("timeout"),
+            other => other,
+        });
+    let end = match (end, limit) {
+        // Stopped by the step's deadline, not by the operator.
+        (Err(e), Some(limit))
+            if e.kind == ErrorKind::Cancelled
+                && past(Duration::ZERO)
+                && control.stop_reason().is_none() =>
+        {
+            Err(MigrationError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the task on worker queue '{}' ran past the step's limit of {} s (step_timeout_secs): {}",
+                    step.queue.as_deref().unwrap_or_default(),
+                    limit.as_secs(),
+                    e.message
+                ),
+                false,
+            ))
+        }
+        (end, _) => end,
+    };
+    (end, settle)
 }
