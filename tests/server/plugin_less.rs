@@ -3,7 +3,7 @@
 //! one by `plover worker` driving a shell program, the next by hand over the protocol, in the
 //! order the plan gives; then rolled back, both rollbacks as tasks.
 
-use super::common::{ADMIN, Server};
+use super::common::{ADMIN, Server, events, read_sse};
 use plover_tests::artifacts;
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
@@ -183,6 +183,22 @@ fn a_tool_registers_a_plan_of_its_own_and_workers_run_every_step() {
         .find(|l| l["message"] == format!("extracted 3 rows for job {id}"))
         .unwrap();
     assert_eq!(line["source"], "worker", "{line}");
+
+    // The event stream tells a watcher the same: the worker's log line, its progress and
+    // results, and the end.
+    let (feed, _) = read_sse(events(&s, &id, None), None);
+    let kinds: std::collections::BTreeSet<&str> = feed.iter().map(|e| e.event.as_str()).collect();
+    for k in ["step", "progress", "log", "objects", "final"] {
+        assert!(kinds.contains(k), "no {k} event in {kinds:?}");
+    }
+    assert!(
+        feed.iter().any(|e| e.event == "log"
+            && e.data["source"] == "worker"
+            && e.data["message"] == format!("extracted 3 rows for job {id}")),
+        "{:?}",
+        feed.iter().map(|e| &e.data).collect::<Vec<_>>()
+    );
+    assert_eq!(feed.last().unwrap().data["status"], "partial");
 
     // Rollback: both steps are reversible, so each is offered as a task, "load" first.
     let (status, body) = s.post(&format!("/migrations/{id}/rollback"), ADMIN, &json!({}));
