@@ -55,16 +55,20 @@ fn complete(client: &Client, url: &str, task: &Value) {
     assert_eq!(status, 204, "{body}");
 }
 
+fn snapshot(client: &Client, url: &str, id: &str) -> Value {
+    client
+        .get(format!("{url}/api/v1/migrations/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
 fn wait_completed(client: &Client, url: &str, id: &str) {
     let started = Instant::now();
     loop {
-        let job: Value = client
-            .get(format!("{url}/api/v1/migrations/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let job = snapshot(client, url, id);
         if job["status"] == "completed" {
             return;
         }
@@ -136,13 +140,7 @@ fn report_rate(client: &Client, url: &str, reports: usize, per_report: usize) ->
     let elapsed = started.elapsed();
     complete(client, url, &task);
     wait_completed(client, url, &id);
-    let job: Value = client
-        .get(format!("{url}/api/v1/migrations/{id}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let job = snapshot(client, url, &id);
     assert_eq!(job["completed_objects"], total, "every result counted once");
     total as f64 / elapsed.as_secs_f64()
 }

@@ -405,12 +405,7 @@ pub(super) fn run_call(
         let Ok((attempt, checkpoint)) = started else {
             return StepEnd::Failed;
         };
-        let events = Arc::new(
-            StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
-                .with_max_results(setup.max_results)
-                .with_progress_hooks(setup.progress_hooks.clone())
-                .with_log_source(log_source(step)),
-        );
+        let events = step_events(setup, step);
         // Dropped when this attempt's end is recorded: a worker's complete/fail is answered then.
         let (result, settle) = if step.queue.is_some() {
             let (end, settle) = super::worker_steps::call(
@@ -567,13 +562,19 @@ pub(super) fn run_call(
     }
 }
 
-/// Who a step's log lines come from.
-fn log_source(step: &PlanStep) -> LogSource {
-    if step.queue.is_some() {
+/// Where one call of `step` (by its plugin or its worker) reports to.
+fn step_events(setup: &RunSetupRef, step: &PlanStep) -> Arc<StepEvents> {
+    let source = if step.queue.is_some() {
         LogSource::Worker
     } else {
         LogSource::Plugin
-    }
+    };
+    Arc::new(
+        StepEvents::new(setup.handle.clone(), setup.control.clone(), &step.id)
+            .with_max_results(setup.max_results)
+            .with_progress_hooks(setup.progress_hooks.clone())
+            .with_log_source(source),
+    )
 }
 
 /// Sleep `wait` unless the run is asked to stop first; false when it was.
@@ -757,12 +758,7 @@ fn rollback_step(
                 (),
             )
         });
-        let events = Arc::new(
-            StepEvents::new(handle.clone(), setup.control.clone(), &step.id)
-                .with_max_results(setup.max_results)
-                .with_progress_hooks(setup.progress_hooks.clone())
-                .with_log_source(log_source(step)),
-        );
+        let events = step_events(setup, step);
         let (result, settle) = if step.queue.is_some() {
             let (end, settle) = super::worker_steps::call(
                 setup,
