@@ -38,6 +38,16 @@ fn create(client: &Client, url: &str, queue: &str, expected: u64) -> String {
     job["id"].as_str().unwrap().to_string()
 }
 
+fn execute(client: &Client, url: &str, id: &str) {
+    let (status, body) = post(
+        client,
+        url,
+        &format!("/migrations/{id}/execute"),
+        &json!({}),
+    );
+    assert_eq!(status, 202, "{body}");
+}
+
 fn claim(client: &Client, url: &str, queue: &str) -> Value {
     let (status, task) = post(
         client,
@@ -94,13 +104,7 @@ fn claim_to_start(client: &Client, url: &str, jobs: usize) -> Vec<Duration> {
         // Let the claim reach the server and start waiting.
         std::thread::sleep(Duration::from_millis(50));
         let sent = Instant::now();
-        let (status, body) = post(
-            client,
-            url,
-            &format!("/migrations/{id}/execute"),
-            &json!({}),
-        );
-        assert_eq!(status, 202, "{body}");
+        execute(client, url, &id);
         let (claimed, task) = claimer.join().unwrap();
         samples.push(claimed - sent);
         complete(client, url, &task);
@@ -113,13 +117,7 @@ fn claim_to_start(client: &Client, url: &str, jobs: usize) -> Vec<Duration> {
 fn report_rate(client: &Client, url: &str, reports: usize, per_report: usize) -> f64 {
     let total = (reports * per_report) as u64;
     let id = create(client, url, "throughput", total);
-    let (status, body) = post(
-        client,
-        url,
-        &format!("/migrations/{id}/execute"),
-        &json!({}),
-    );
-    assert_eq!(status, 202, "{body}");
+    execute(client, url, &id);
     let task = claim(client, url, "throughput");
     let path = format!("/workers/tasks/{}/report", task["task"].as_str().unwrap());
     let started = Instant::now();

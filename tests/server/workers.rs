@@ -490,3 +490,56 @@ fn a_task_past_the_step_timeout_is_told_so_and_the_step_fails_as_a_timeout() {
         "a timeout is not retried"
     );
 }
+
+#[test]
+fn malformed_claims_and_oversized_reports_are_refused_and_record_nothing() {
+    let (data, plugins, work) = (
+        tempfile::tempdir().unwrap(),
+        plugin_dir(),
+        tempfile::tempdir().unwrap(),
+    );
+    let s = server(data.path(), plugins.path());
+    let many: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    for queues in [json!([]), json!(many)] {
+        let (status, body) = s.post("/workers/claim", ADMIN, &json!({ "queues": queues }));
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["code"], "invalid-body");
+    }
+
+    let id = file_copy_job(&s, work.path(), "strict", 10, json!({}));
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let task = claim(&s, ADMIN, "strict");
+    let path = format!("/workers/tasks/{}/report", task["task"].as_str().unwrap());
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|i| json!({ "name": format!("k{i}"), "status": "success" }))
+        .collect();
+    for (report, says) in [
+        (
+            json!({ "lease": task["lease"], "checkpoint": "x".repeat((1 << 20) + 1) }),
+            "checkpoint",
+        ),
+        (
+            json!({ "lease": task["lease"], "objects": too_many }),
+            "object results",
+        ),
+    ] {
+        let (status, body) = s.post(&path, ADMIN, &report);
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["code"], "invalid-report");
+        assert!(body["message"].as_str().unwrap().contains(says), "{body}");
+    }
+    let job = s.job(&id);
+    assert_eq!(
+        job["completed_objects"], 0,
+        "nothing of a refused report: {job}"
+    );
+    // The lease still holds: a refused report does not fence the worker.
+    let (status, body) = s.post(
+        &path,
+        ADMIN,
+        &json!({ "lease": task["lease"], "objects": [{ "name": "k0000", "status": "success" }],
+                 "checkpoint": "1" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.job(&id)["completed_objects"], 1);
+}
