@@ -12,10 +12,10 @@ PLUGINS=plugins/target/wasm32-wasip2/release
 
 # json-reshape: componentize-py, then its declared bindings; rebuilt when a source is newer.
 reshape="$PLUGINS/json_reshape.wasm"
-if [[ ! -f "$reshape" ]] || [[ -n "$(find plugins/json-reshape sdk/python wit/v0.1.1 -type f -newer "$reshape" -print -quit)" ]]; then
+if [[ ! -f "$reshape" ]] || [[ -n "$(find plugins/json-reshape sdk/python wit/v0.2.0 -type f -newer "$reshape" -print -quit)" ]]; then
     built="$(mktemp -d)"
     trap 'rm -rf "$built"' EXIT
-    PYTHONDONTWRITEBYTECODE=1 target/py-tools/bin/componentize-py -d wit/v0.1.1 -w handler-plugin \
+    PYTHONDONTWRITEBYTECODE=1 target/py-tools/bin/componentize-py -d wit/v0.2.0 -w handler-plugin \
         componentize app -p plugins/json-reshape -p sdk/python -o "$built/json_reshape.wasm"
     target/release/plover plugin declare "$built/json_reshape.wasm" \
         --from plugins/json-reshape/bindings.json --out "$reshape"

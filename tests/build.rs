@@ -1,7 +1,7 @@
 //! Builds every guest (the bundled plugins and the test fixtures) from source for
 //! wasm32-wasip2 and exposes each `.wasm` path as a constant in `plover_tests::artifacts`.
 //! Tests and benchmarks therefore always run against freshly built components. Python guests
-//! (a folder with an `app.py`) are built with componentize-py against `wit/v0.1.1` and the
+//! (a folder with an `app.py`) are built with componentize-py against `wit/v0.2.0` and the
 //! Python SDK (`sdk/python`), only when their sources changed (a build takes ~20 s).
 
 use std::path::{Path, PathBuf};
@@ -129,7 +129,7 @@ fn build_python_guests(root: &Path, workspace: &Path, out: &Path) {
         let name = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
         let wasm = out.join(format!("{name}.wasm"));
         let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).ok();
-        let newest = [dir.as_path(), sdk.as_path(), &root.join("wit/v0.1.1")]
+        let newest = [dir.as_path(), sdk.as_path(), &root.join("wit/v0.2.0")]
             .iter()
             .filter_map(|d| newest_file(d))
             .max();
@@ -139,7 +139,7 @@ fn build_python_guests(root: &Path, workspace: &Path, out: &Path) {
         let output = Command::new(&tool)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .args(["-d"])
-            .arg(root.join("wit/v0.1.1"))
+            .arg(root.join("wit/v0.2.0"))
             .args(["-w", "handler-plugin", "componentize", "app", "-p"])
             .arg(&dir)
             .arg("-p")

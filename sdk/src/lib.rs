@@ -1,7 +1,7 @@
 //! # plover-sdk: write Plover migration handlers in Rust
 //!
-//! A handler is a WebAssembly component that implements the `plover:migration@0.1.1`
-//! contract (see `wit/v0.1.1/` in the Plover repository). With this crate you implement one
+//! A handler is a WebAssembly component that implements the `plover:migration@0.2.0`
+//! contract (see `wit/v0.2.0/` in the Plover repository). With this crate you implement one
 //! trait, [`Handler`], and call one macro, [`export_handler!`]; the SDK turns the contract's
 //! raw bindings into ordinary Rust: typed parameters through serde, `Result` with the
 //! contract's [`MigrationError`], and small helpers for logging, progress, object results,
@@ -85,6 +85,21 @@
 //! plover_sdk::export_handler!(Upcase);
 //! ```
 //!
+//! ## Contract 0.2: queues, estimates, partial steps, recovery actions
+//!
+//! - A step may run on a **worker queue** instead of in the handler
+//!   ([`PlanStep::on_queue`]): an external tool claims it through the host's worker API and
+//!   the handler's `execute` is never called for it.
+//! - Plans and steps may carry an **estimated duration** ([`PlanStep::estimated_ms`],
+//!   [`MigrationPlan::estimated_ms`]), shown beside the actual one.
+//! - A step that recorded some objects as failed ([`ObjectResult::failed`]) and judges the
+//!   rest usable returns [`StepReport::partial`]: the job ends `partial`, and the operator may
+//!   ask to re-run just those objects, which calls [`Handler::execute_objects`] with their
+//!   names. A handler that does not override it refuses such a retry by name.
+//! - An error may say what an operator can do next ([`MigrationError::with_recovery`]).
+//!
+//! A handler written for the 0.1 SDK compiles unchanged: every 0.2 addition has a default.
+//!
 //! ## What the host guarantees, and what it asks
 //!
 //! - **Dry runs are dry.** During `plan` and `validate` every write (key-value, SQL, HTTP other
@@ -119,8 +134,8 @@
 pub mod bindings {
     wit_bindgen::generate!({
         // The contract is copied inside the crate so it can be published (`cargo package`);
-        // tests/tests/sdk_package.rs keeps the copy equal to `wit/v0.1.1`.
-        path: "wit/v0.1.1",
+        // tests/tests/sdk_package.rs keeps the copy equal to `wit/v0.2.0`.
+        path: "wit/v0.2.0",
         world: "handler-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_handler_plugin",
@@ -141,8 +156,8 @@ pub use bindings::plover::migration::sql::{
 };
 pub use bindings::plover::migration::types::{
     ErrorKind, Finding, MigrationError, MigrationOptions, MigrationPlan, MigrationSpec,
-    ObjectResult, ObjectStatus, PlanStep, PluginInfo, RiskLevel, Severity, StepKind, StepReport,
-    ValidationLevel, ValidationReport,
+    ObjectResult, ObjectStatus, PlanStep, PluginInfo, RecoveryAction, RiskLevel, Severity,
+    StepKind, StepOutcome, StepReport, ValidationLevel, ValidationReport,
 };
 
 /// Everything a handler usually needs, in one `use`.
@@ -150,10 +165,11 @@ pub mod prelude {
     pub use crate::{
         Bucket, ErrorKind, Finding, Handler, HttpError, HttpRequest, HttpResponse, KvError,
         LogLevel, MigrationError, MigrationPlan, MigrationSpec, ObjectResult, ObjectStatus,
-        PlanStep, PluginInfo, RiskLevel, ScanPage, Severity, SpecExt, SqlConnection, SqlError,
-        SqlExt, SqlValue, StepKind, StepReport, ValidationLevel, ValidationReport, checkpoint_as,
-        debug, error, http_send, info, is_cancelled, load_checkpoint, log, progress, record_object,
-        record_objects, save_checkpoint, save_checkpoint_as, sql_identifier, warn,
+        PlanStep, PluginInfo, RecoveryAction, RiskLevel, ScanPage, Severity, SpecExt,
+        SqlConnection, SqlError, SqlExt, SqlValue, StepKind, StepOutcome, StepReport,
+        ValidationLevel, ValidationReport, checkpoint_as, debug, error, http_send, info,
+        is_cancelled, load_checkpoint, log, progress, record_object, record_objects,
+        save_checkpoint, save_checkpoint_as, sql_identifier, warn,
     };
 }
 
@@ -180,6 +196,22 @@ pub trait Handler {
     ) -> Result<StepReport, MigrationError>;
     /// Undo one step.
     fn rollback(spec: MigrationSpec, step: PlanStep) -> Result<StepReport, MigrationError>;
+    /// Re-run the step for exactly `objects` (names as recorded in [`ObjectResult::name`],
+    /// at most 1,000 per call; an empty list means nothing is left): the operator asked to
+    /// retry the objects a `partial` step failed. Record one result for each. The default
+    /// refuses, so a handler that never ends a step partial need not implement it.
+    fn execute_objects(
+        spec: MigrationSpec,
+        step: PlanStep,
+        objects: Vec<String>,
+    ) -> Result<StepReport, MigrationError> {
+        let _ = (spec, objects);
+        Err(MigrationError::invalid_spec(format!(
+            "this handler cannot re-run single objects of step '{}'",
+            step.id
+        ))
+        .with_recovery("retry-step", "retry or roll back the whole step instead"))
+    }
 }
 
 /// Runs one call of the handler, then flushes stdout: the host logs what a plugin prints line
@@ -208,8 +240,12 @@ impl<T: Handler> Guest for T {
         spec: MigrationSpec,
         step: PlanStep,
         checkpoint: Option<Vec<u8>>,
+        objects: Option<Vec<String>>,
     ) -> Result<StepReport, MigrationError> {
-        flushed(|| T::execute(spec, step, checkpoint))
+        flushed(|| match objects {
+            Some(objects) => T::execute_objects(spec, step, objects),
+            None => T::execute(spec, step, checkpoint),
+        })
     }
     fn rollback(spec: MigrationSpec, step: PlanStep) -> Result<StepReport, MigrationError> {
         flushed(|| T::rollback(spec, step))
@@ -274,6 +310,7 @@ impl MigrationError {
             kind,
             message: message.into(),
             retryable: false,
+            recovery: vec![],
         }
     }
     pub fn invalid_spec(message: impl Into<String>) -> Self {
@@ -294,6 +331,15 @@ impl MigrationError {
     /// Mark the error as worth retrying (from the step's checkpoint).
     pub fn retryable(mut self) -> Self {
         self.retryable = true;
+        self
+    }
+    /// Add something an operator can do about the error (`action` is a short code such as
+    /// `grant-binding`, `description` says it for a human); the most useful first.
+    pub fn with_recovery(mut self, action: &str, description: impl Into<String>) -> Self {
+        self.recovery.push(RecoveryAction {
+            action: action.into(),
+            description: description.into(),
+        });
         self
     }
 }
@@ -508,12 +554,19 @@ impl MigrationPlan {
             steps,
             risk: RiskLevel::Low,
             risk_notes: vec![],
+            estimated_duration_ms: None,
         }
     }
     /// Set the risk level and a reason.
     pub fn with_risk(mut self, risk: RiskLevel, note: impl Into<String>) -> Self {
         self.risk = risk;
         self.risk_notes.push(note.into());
+        self
+    }
+    /// How long the whole migration is expected to take; without it the host shows the sum
+    /// of the steps' estimates when every step has one.
+    pub fn estimated_ms(mut self, millis: u64) -> Self {
+        self.estimated_duration_ms = Some(millis);
         self
     }
 }
@@ -529,6 +582,8 @@ impl PlanStep {
             expected_objects: None,
             reversible: false,
             resumable: false,
+            queue: None,
+            estimated_duration_ms: None,
         }
     }
     /// Run after the steps `ids`.
@@ -548,12 +603,42 @@ impl PlanStep {
         self.resumable = true;
         self
     }
+    /// Run the step on the worker queue `queue`: an external tool claims and executes it,
+    /// and the handler's `execute` is not called for it.
+    pub fn on_queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+    /// How long the step is expected to take, shown beside its actual duration.
+    pub fn estimated_ms(mut self, millis: u64) -> Self {
+        self.estimated_duration_ms = Some(millis);
+        self
+    }
 }
 
 impl StepReport {
+    /// A step that did everything it was to do.
     pub fn new(summary: impl Into<String>) -> Self {
         StepReport {
             summary: summary.into(),
+            outcome: StepOutcome::Complete,
+        }
+    }
+    /// A step that recorded some objects as failed and judges the rest usable: the job ends
+    /// `partial` and those objects can be retried alone ([`Handler::execute_objects`]).
+    pub fn partial(summary: impl Into<String>) -> Self {
+        StepReport {
+            summary: summary.into(),
+            outcome: StepOutcome::Partial,
+        }
+    }
+    /// [`StepReport::partial`] when any of `results` failed, else [`StepReport::new`]: for a
+    /// step (or a retry of its objects) whose failed objects are tolerable.
+    pub fn partial_if_failed(summary: impl Into<String>, results: &[ObjectResult]) -> Self {
+        if results.iter().any(|r| r.status == ObjectStatus::Error) {
+            Self::partial(summary)
+        } else {
+            Self::new(summary)
         }
     }
 }

@@ -338,7 +338,7 @@ fn plugins_upload_side_by_side_and_delete_is_refused_while_used() {
         (Some("0.1.0"), Some("0.2.0"))
     );
     let (_, shown) = s.get("/plugins/probe/0.1.0", ADMIN);
-    assert_eq!(shown["contract_version"], "0.1.1");
+    assert_eq!(shown["contract_version"], "0.2.0");
     assert_eq!(shown["sha256"], p1["sha256"]);
 
     let id = create(&s, json!({ "handler": "probe@^0.1" }));

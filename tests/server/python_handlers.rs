@@ -62,7 +62,7 @@ fn json_reshape_runs_its_lifecycle_and_resumes_after_a_crash_exactly() {
     );
     assert_eq!(code, 0, "{report}");
     for expected in [
-        "json-reshape 0.1.0 (contract 0.1.1",
+        "json-reshape 0.1.0 (contract 0.2.0",
         "40 objects (0 failed), 4 checkpoints: reshaped 40 documents",
         "verified 40 documents",
         "reshape resuming after doc/019",
@@ -156,4 +156,61 @@ fn contract_errors_bad_parameters_and_print_reach_the_operator_as_python_wrote_t
     assert!(report.contains("[stdout] hello from print()"), "{report}");
     assert!(report.contains("[stderr] to stderr"), "{report}");
     assert!(report.contains("planned in mode print"), "{report}");
+}
+
+#[test]
+fn the_python_sdk_speaks_0_2_estimates_partial_steps_retried_objects_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = plugin_test(
+        &[
+            artifacts::PYTHON_PROBE,
+            "--params",
+            r#"{"mode": "partial"}"#,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{report}");
+    for expected in [
+        "python-probe 0.1.0 (contract 0.2.0",
+        "1 steps: only (migration, ~30 ms); ~40 ms in all",
+        "2 objects (1 failed), 0 checkpoints, ended partial: 1 of 2 done",
+        "ok   retry failed objects of only",
+        "re-ran the 1 failed objects, one result each (0 still failed): redid b",
+    ] {
+        assert!(report.contains(expected), "{expected:?} in:\n{report}");
+    }
+
+    // A handler that ends partial without overriding execute_objects refuses the retry the
+    // way the SDK does by default, saying what to do instead.
+    let (code, report) = plugin_test(
+        &[
+            artifacts::PYTHON_PROBE,
+            "--params",
+            r#"{"mode": "partial", "retry": false}"#,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains("FAIL retry failed objects of only")
+            && report.contains("cannot re-run single objects of step 'only'")
+            && report.contains("(what to do: retry-step: "),
+        "{report}"
+    );
+
+    let (code, report) = plugin_test(
+        &[
+            artifacts::PYTHON_PROBE,
+            "--params",
+            r#"{"mode": "recover"}"#,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains(
+            "StepFailed: the probe needs a grant (what to do: grant-binding: grant the job a bucket named 'target')"
+        ),
+        "{report}"
+    );
 }

@@ -2,10 +2,14 @@
 //! partial outcomes, named objects, recovery actions), and a 0.1 plugin keeps running through
 //! the adapter, refusing by name what its contract cannot say.
 
+use plover_host::connectors::{HttpRules, KvBucket};
 use plover_host::model::{ErrorKind, ObjectStatus, StepOutcome};
 use plover_host::testing::{HarnessError, TestHarness};
 use plover_tests::artifacts;
+use plover_tests::services::{RedisPrefix, Schema};
 use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 
 fn tolerant_copy() -> TestHarness {
     TestHarness::load(artifacts::CONTRACT_V0_2_0).unwrap()
@@ -131,9 +135,96 @@ fn a_0_1_plugin_runs_through_the_adapter_and_refuses_named_objects_by_contract()
 }
 
 #[test]
-fn sdk_built_0_1_1_plugins_still_speak_0_1_1() {
-    // The bundled handlers are built with the SDK, still on 0.1.1: every lifecycle test of
-    // theirs runs through the adapter, imports included (kv, sql, http, job).
-    let h = TestHarness::load(artifacts::KV_COPY).unwrap();
+fn sdk_built_plugins_speak_0_2_natively() {
+    // The SDK moved to 0.2: the bundled handlers need no adapter any more.
+    for artifact in [
+        artifacts::KV_COPY,
+        artifacts::CONFIG_UPGRADE,
+        artifacts::SQL_SCHEMA,
+    ] {
+        let h = TestHarness::load(artifact).unwrap();
+        assert_eq!(
+            h.plugin.contract_version().to_string(),
+            "0.2.0",
+            "{artifact}"
+        );
+    }
+}
+
+/// A loopback HTTP server answering every request `200 hello`, once per connection.
+fn hello_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    base
+}
+
+#[test]
+fn a_0_1_1_plugin_keeps_every_0_1_1_import_through_the_adapter() {
+    // Built with wit-bindgen against the frozen wit/v0.1.1: key expiry, SQL and HTTP (the
+    // imports 0.1.1 added) on real Redis, PostgreSQL and a loopback server.
+    let mut h = TestHarness::load(artifacts::CONTRACT_V0_1_1).unwrap();
     assert_eq!(h.plugin.contract_version().to_string(), "0.1.1");
+    let (source, target) = (RedisPrefix::new("v011src"), RedisPrefix::new("v011dst"));
+    source
+        .bucket()
+        .set_many_with_ttl(&[
+            ("a".into(), b"1".to_vec(), Some(60_000)),
+            ("b".into(), b"2".to_vec(), None),
+            ("c".into(), b"3".to_vec(), Some(120_000)),
+        ])
+        .unwrap();
+    h.grant("source", source.bucket());
+    h.grant("target", target.bucket());
+    let schema = Schema::new("v011");
+    h.grant_connector("db", schema.connector());
+    let base = hello_server();
+    h.grant_http(
+        "web",
+        HttpRules {
+            allow_private: true,
+            ..HttpRules::allowing([base.as_str()])
+        },
+    )
+    .unwrap();
+    let mut spec = h.spec("ttl-copy", json!({ "url": format!("{base}/ping") }));
+    spec.options.batch_size = 2;
+
+    let run = h.run_all(&spec).unwrap();
+    assert_eq!(run.plan.steps[0].expected_objects, Some(3));
+    let (_, report) = &run.steps[0];
+    assert_eq!(
+        report.summary, "copied 3; db holds 3; web answered 200 hello",
+        "every connector answered the 0.1.1 plugin"
+    );
+    assert_eq!(report.outcome, StepOutcome::Complete);
+    assert_eq!(target.keys(), ["a", "b", "c"]);
+    let ttls = target
+        .bucket()
+        .ttl_many(&["a".into(), "b".into(), "c".into()])
+        .unwrap();
+    assert!(
+        ttls[0].is_some_and(|t| t > 50_000 && t <= 60_000),
+        "{ttls:?}"
+    );
+    assert_eq!(ttls[1], None, "a key without expiry stays without");
+    assert!(ttls[2].is_some_and(|t| t > 110_000), "{ttls:?}");
+    assert_eq!(h.events.object_count(), 3, "one result per key");
+    assert!(
+        h.events.last_checkpoint().is_some(),
+        "a checkpoint per page reached the host"
+    );
+
+    let undone = h.rollback_all(&spec, &run.plan).unwrap();
+    assert_eq!(undone[0].summary, "deleted 3");
+    assert!(target.keys().is_empty());
 }

@@ -31,7 +31,7 @@ fn plugin_identity_is_name_version_and_sha256_of_its_bytes() {
     assert_eq!(plugin.name(), "kv-copy");
     assert_eq!(plugin.version().to_string(), "1.2.0");
     assert_eq!(plugin.info().kinds, ["kv-copy", "session-store-move"]);
-    assert_eq!(plugin.contract_version().to_string(), "0.1.1");
+    assert_eq!(plugin.contract_version().to_string(), "0.2.0");
     assert_eq!(plugin.sha256(), sha256sum(artifacts::KV_COPY));
     let summary = serde_json::to_value(plugin.summary()).unwrap();
     assert_eq!(summary["limits"]["memory_bytes"], 256 << 20);

@@ -1,5 +1,5 @@
 //! `plover-sdk` can be published as it is: the WIT it binds lives inside the crate (a copy
-//! kept equal to the repository's `wit/v0.1.1`), and `cargo package` builds the packaged crate.
+//! kept equal to the repository's `wit/v0.2.0`), and `cargo package` builds the packaged crate.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,8 +10,8 @@ fn root() -> &'static Path {
 
 #[test]
 fn the_sdks_copy_of_the_contract_is_the_contract() {
-    let contract = root().join("wit/v0.1.1");
-    let copy = root().join("sdk/wit/v0.1.1");
+    let contract = root().join("wit/v0.2.0");
+    let copy = root().join("sdk/wit/v0.2.0");
     let mut files: Vec<_> = std::fs::read_dir(&contract)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -27,7 +27,7 @@ fn the_sdks_copy_of_the_contract_is_the_contract() {
         assert_eq!(
             std::fs::read(contract.join(&f)).unwrap(),
             std::fs::read(copy.join(&f)).unwrap(),
-            "sdk/wit/v0.1.1/{} differs from wit/v0.1.1: copy it again",
+            "sdk/wit/v0.2.0/{} differs from wit/v0.2.0: copy it again",
             f.to_string_lossy()
         );
     }
@@ -43,5 +43,5 @@ fn cargo_package_builds_the_sdk_from_what_it_would_publish() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("Verifying plover-sdk v0.1.1"), "{stderr}");
+    assert!(stderr.contains("Verifying plover-sdk v0.2.0"), "{stderr}");
 }

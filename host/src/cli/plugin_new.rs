@@ -8,7 +8,7 @@ const CARGO_TOML: &str = include_str!("scaffold/Cargo.toml.txt");
 const LIB_RS: &str = include_str!("scaffold/lib.rs.txt");
 const README: &str = include_str!("scaffold/README.md.txt");
 /// The plover-sdk release a Rust project depends on (the SDK is versioned with the contract).
-const SDK_VERSION: &str = "0.1.1";
+const SDK_VERSION: &str = "0.2.0";
 const SEED: &str = include_str!("scaffold/source.jsonl.txt");
 const APP_PY: &str = include_str!("scaffold/app.py.txt");
 const README_PYTHON: &str = include_str!("scaffold/README-python.md.txt");
@@ -17,13 +17,13 @@ const PYTHON_SDK: &str = include_str!("../../../sdk/python/plover_sdk/__init__.p
 const WIT: [(&str, &str); 6] = [
     (
         "handler.wit",
-        include_str!("../../../wit/v0.1.1/handler.wit"),
+        include_str!("../../../wit/v0.2.0/handler.wit"),
     ),
-    ("http.wit", include_str!("../../../wit/v0.1.1/http.wit")),
-    ("job.wit", include_str!("../../../wit/v0.1.1/job.wit")),
-    ("kv.wit", include_str!("../../../wit/v0.1.1/kv.wit")),
-    ("sql.wit", include_str!("../../../wit/v0.1.1/sql.wit")),
-    ("types.wit", include_str!("../../../wit/v0.1.1/types.wit")),
+    ("http.wit", include_str!("../../../wit/v0.2.0/http.wit")),
+    ("job.wit", include_str!("../../../wit/v0.2.0/job.wit")),
+    ("kv.wit", include_str!("../../../wit/v0.2.0/kv.wit")),
+    ("sql.wit", include_str!("../../../wit/v0.2.0/sql.wit")),
+    ("types.wit", include_str!("../../../wit/v0.2.0/types.wit")),
 ];
 
 #[derive(clap::Args)]

@@ -38,6 +38,7 @@ mod worker_steps;
 pub(crate) use crate::model::truncated;
 pub(crate) use lifecycle::handler_options;
 pub use lifecycle::{DeleteMode, MAX_JSON_DEPTH, MAX_SPEC_BYTES, NewMigration};
+pub use object_retry::RETRY_CHUNK;
 pub use remote::Request;
 
 use crate::connectors::{ConnectionProvider, Grants};

@@ -9,15 +9,20 @@
 //! crash) and resumes the step from it; the final buckets and object results must equal the
 //! uninterrupted run's. Buckets live in memory, seeded from files; real connections (SQL,
 //! Redis, HTTP) can be granted too, and are used as they are.
+//!
+//! Contract 0.2: a step that ends `partial` has its failed objects re-run once, as the
+//! server's `retry-objects` would (see `object_retry`), before the rollback; a step on a
+//! worker queue is not the handler's to run and is left out.
 
 mod events;
+mod object_retry;
 pub mod report;
 pub mod seed;
 
 use crate::connectors::{Connector, MemoryBucket};
 use crate::engine::dag;
 use crate::engine::options::JobOptions;
-use crate::model::{MigrationError, MigrationSpec, ObjectResult, Plan, PlanStep};
+use crate::model::{MigrationError, MigrationSpec, ObjectResult, Plan, PlanStep, StepOutcome};
 use crate::runtime::{JobContext, LoadedPlugin, PluginError};
 use crate::testing::in_memory_grants;
 use events::CheckEvents;
@@ -133,13 +138,31 @@ impl RunWorld {
     }
 }
 
-/// What a plugin call returned, flattened: the sandbox's error or the handler's.
+/// What a plugin call returned, flattened: the sandbox's error or the handler's (with what
+/// it says an operator can do, contract 0.2).
 fn flatten<T>(r: Result<Result<T, MigrationError>, PluginError>) -> Result<T, String> {
     match r {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("the handler returned {e}")),
+        Ok(Err(e)) if e.recovery.is_empty() => Err(format!("the handler returned {e}")),
+        Ok(Err(e)) => {
+            let actions: Vec<String> = e
+                .recovery
+                .iter()
+                .map(|r| format!("{}: {}", r.action, r.description))
+                .collect();
+            Err(format!(
+                "the handler returned {e} (what to do: {})",
+                actions.join("; ")
+            ))
+        }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A step that ended `partial`, and the names of the objects it failed.
+struct PartialStep {
+    step: PlanStep,
+    failed: Vec<String>,
 }
 
 /// Check `plugin` with `setup`.
@@ -235,8 +258,12 @@ pub fn check(plugin: &LoadedPlugin, setup: &CheckSetup) -> CheckReport {
         }
     };
     let steps: Vec<&PlanStep> = order.iter().map(|&i| &plan.steps[i]).collect();
-    let executed = run.execute_all(&clean, &steps, &mut report, "");
+    let partial = run.execute_all(&clean, &steps, &mut report, "");
+    let executed = partial.is_some();
     let clean_end = (clean.contents(), sorted(clean.events.objects()));
+    for p in partial.iter().flatten() {
+        run.retry_failed(&clean, p, &mut report);
+    }
     if executed {
         run.rollback_all(&clean, &steps, &mut report, "");
     }
@@ -244,7 +271,9 @@ pub fn check(plugin: &LoadedPlugin, setup: &CheckSetup) -> CheckReport {
 
     if let (Some(n), true) = (setup.crash_at, executed) {
         let crashed = RunWorld::seeded(setup, Some(n));
-        let resumed = run.execute_all(&crashed, &steps, &mut report, " (crash run)");
+        let resumed = run
+            .execute_all(&crashed, &steps, &mut report, " (crash run)")
+            .is_some();
         let started = Instant::now();
         let result = if crashed.events.crash_pending() {
             Err(format!(
@@ -323,27 +352,49 @@ impl Lifecycle<'_> {
         passed.then_some(plan)
     }
 
-    /// Execute every step in order; whether all completed.
+    /// Execute every step in order. `None` unless all completed; else the steps that ended
+    /// partial.
     fn execute_all(
         &self,
         world: &RunWorld,
         steps: &[&PlanStep],
         report: &mut CheckReport,
         run: &str,
-    ) -> bool {
+    ) -> Option<Vec<PartialStep>> {
+        let mut partial = vec![];
         for step in steps {
+            if let Some(queue) = &step.queue {
+                report.record(
+                    format!("execute {}{run}", step.id),
+                    Duration::ZERO,
+                    Ok(format!(
+                        "runs on worker queue '{queue}': a worker executes it, not the handler; not run here"
+                    )),
+                );
+                continue;
+            }
             let started = Instant::now();
             let objects_before = world.events.object_count();
             let checkpoints_before = world.events.checkpoints();
             let result = self.execute_step(world, step);
             let objects = &world.events.objects()[objects_before..];
-            let failed = objects
+            let mut failed_names: Vec<String> = objects
                 .iter()
                 .filter(|o| o.status == crate::model::ObjectStatus::Error)
-                .count();
-            let result = result.map(|(summary, resumed)| {
+                .map(|o| o.name.clone())
+                .collect();
+            let failed = failed_names.len();
+            let mut seen = std::collections::HashSet::new();
+            failed_names.retain(|n| seen.insert(n.clone()));
+            let result = result.map(|(summary, outcome, resumed)| {
+                if outcome == StepOutcome::Partial {
+                    partial.push(PartialStep {
+                        step: (*step).clone(),
+                        failed: std::mem::take(&mut failed_names),
+                    });
+                }
                 format!(
-                    "{} objects ({failed} failed), {}{}: {summary}",
+                    "{} objects ({failed} failed), {}{}{}: {summary}",
                     objects.len(),
                     counted(
                         world.events.checkpoints() - checkpoints_before,
@@ -351,6 +402,11 @@ impl Lifecycle<'_> {
                     ),
                     if resumed {
                         ", resumed after the crash"
+                    } else {
+                        ""
+                    },
+                    if outcome == StepOutcome::Partial {
+                        ", ended partial"
                     } else {
                         ""
                     }
@@ -363,16 +419,20 @@ impl Lifecycle<'_> {
                 result,
             );
             if !ok {
-                return false;
+                return None;
             }
         }
-        true
+        Some(partial)
     }
 
     /// One step to its end: retried on retryable errors as the engine would, and resumed from
     /// the checkpoint when the simulated crash stopped it.
-    /// Its summary, and whether it was resumed after the crash.
-    fn execute_step(&self, world: &RunWorld, step: &PlanStep) -> Result<(String, bool), String> {
+    /// Its summary and outcome, and whether it was resumed after the crash.
+    fn execute_step(
+        &self,
+        world: &RunWorld,
+        step: &PlanStep,
+    ) -> Result<(String, StepOutcome, bool), String> {
         world.events.start_step();
         let mut checkpoint = None;
         let mut attempt = 1;
@@ -388,13 +448,13 @@ impl Lifecycle<'_> {
             match outcome {
                 Ok(Ok(r)) => {
                     world.events.commit();
-                    return Ok((r.summary, resumed));
+                    return Ok((r.summary, r.outcome, resumed));
                 }
                 Ok(Err(e)) if e.retryable && attempt < self.attempts => {
                     attempt += 1;
                     checkpoint = world.events.retry_point();
                 }
-                other => return flatten(other).map(|r| (r.summary, resumed)),
+                other => return flatten(other).map(|r| (r.summary, r.outcome, resumed)),
             }
         }
     }
@@ -406,7 +466,11 @@ impl Lifecycle<'_> {
         report: &mut CheckReport,
         run: &str,
     ) {
-        for step in steps.iter().rev().filter(|s| s.reversible) {
+        for step in steps
+            .iter()
+            .rev()
+            .filter(|s| s.reversible && s.queue.is_none())
+        {
             let started = Instant::now();
             let result = flatten(self.plugin.rollback(
                 &world.context(self.plugin, self.setup, None, self.timeout),
@@ -425,7 +489,11 @@ impl Lifecycle<'_> {
             }
         }
         let seeded = RunWorld::seeded(self.setup, None).contents();
-        let result = match steps.iter().find(|s| !s.reversible) {
+        let result = match steps.iter().find(|s| !s.reversible || s.queue.is_some()) {
+            Some(s) if s.queue.is_some() => Ok(format!(
+                "not compared with the seed: step {} runs on a worker queue",
+                s.id
+            )),
             Some(s) => Ok(format!(
                 "not compared with the seed: step {} is not reversible",
                 s.id
@@ -465,13 +533,27 @@ fn counted(n: u64, thing: &str) -> String {
     }
 }
 
+/// `2 steps: copy (migration), index (migration, queue reindex, ~900 ms); ~1000 ms in all`.
 fn describe_plan(plan: &Plan) -> String {
     let steps: Vec<String> = plan
         .steps
         .iter()
-        .map(|s| format!("{} ({:?})", s.id, s.kind).to_lowercase())
+        .map(|s| {
+            let mut about = format!("{:?}", s.kind).to_lowercase();
+            if let Some(queue) = &s.queue {
+                about.push_str(&format!(", queue {queue}"));
+            }
+            if let Some(ms) = s.estimated_duration_ms {
+                about.push_str(&format!(", ~{ms} ms"));
+            }
+            format!("{} ({about})", s.id)
+        })
         .collect();
-    format!("{} steps: {}", plan.steps.len(), steps.join(", "))
+    let estimate = plan
+        .estimated_duration_ms
+        .map(|ms| format!("; ~{ms} ms in all"))
+        .unwrap_or_default();
+    format!("{} steps: {}{estimate}", plan.steps.len(), steps.join(", "))
 }
 
 type RunEnd = (

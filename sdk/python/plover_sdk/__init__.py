@@ -3,13 +3,15 @@
 A handler subclasses `Handler`, sets its name, version and kinds, and implements `plan`,
 `validate`, `execute` and `rollback` with ordinary Python values; `export(MyHandler)` makes
 it the component's export. componentize-py builds it against the contract's WIT
-(plover:migration@0.1.1):
+(plover:migration@0.2.0):
 
-    componentize-py -d wit/v0.1.1 -w handler-plugin componentize app \\
+    componentize-py -d wit/v0.2.0 -w handler-plugin componentize app \\
         -p . -p path/to/plover/sdk/python -o my_handler.wasm
 
 Errors: raise `InvalidSpec`, `StepFailed`, `DependencyUnavailable`... (each a
-`MigrationFailed` with its contract kind and `retryable`). Any other exception fails the
+`MigrationFailed` with its contract kind and `retryable`, and optionally what an operator can
+do about it: `raise StepFailed("...").with_recovery("grant-binding", "grant 'target'")`). Any
+other exception fails the
 call as `step-failed` with its type, message and traceback, in the job log and in the error
 the operator sees. `print()` reaches the job log too.
 
@@ -17,6 +19,11 @@ The rules every handler lives by (the same as in Rust): `plan` and `validate` ma
 a batch may be redone after a crash, so each must be idempotent; write what rollback needs to
 `Bucket.job_state()` before you change the target (it is durable when the call returns);
 object results count once their checkpoint (or the step's end) is recorded.
+
+Contract 0.2: a `Step` may name a worker `queue` (an external tool runs it) and an
+`estimated_ms`; `plan` may return a `Plan` to give the whole migration an estimate; `execute`
+may return `partial(summary)` after recording some objects as failed, and the operator may then
+retry just those objects, which calls `execute_objects(spec, step, names)`.
 """
 
 import json
@@ -39,6 +46,7 @@ RiskLevel = _types.RiskLevel
 ObjectStatus = _types.ObjectStatus
 ErrorKind = _types.ErrorKind
 ValidationLevel = _types.ValidationLevel
+StepOutcome = _types.StepOutcome
 
 # The longest traceback put into an error message; the job log has every line of it.
 MAX_TRACEBACK_CHARS = 8000
@@ -55,9 +63,20 @@ class MigrationFailed(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.recovery: List[Tuple[str, str]] = []
+
+    def with_recovery(self, action: str, description: str) -> "MigrationFailed":
+        """Add what an operator can do next (`action` a short code, `description` for a human)."""
+        self.recovery.append((action, description))
+        return self
 
     def to_contract(self) -> _types.MigrationError:
-        return _types.MigrationError(kind=self.kind, message=self.message, retryable=self.retryable)
+        return _types.MigrationError(
+            kind=self.kind,
+            message=self.message,
+            retryable=self.retryable,
+            recovery=[_types.RecoveryAction(a, d) for a, d in self.recovery],
+        )
 
 
 class InvalidSpec(MigrationFailed):
@@ -174,13 +193,43 @@ class Step:
     expected_objects: Optional[int] = None
     reversible: bool = False
     resumable: bool = False
+    queue: Optional[str] = None
+    estimated_ms: Optional[int] = None
 
     def _contract(self) -> _types.PlanStep:
-        return _types.PlanStep(self.id, self.kind, self.description, list(self.after), self.expected_objects, self.reversible, self.resumable)
+        return _types.PlanStep(self.id, self.kind, self.description, list(self.after), self.expected_objects, self.reversible, self.resumable, self.queue, self.estimated_ms)
 
 
 def _step(raw: _types.PlanStep) -> Step:
-    return Step(raw.id, raw.kind, raw.description, list(raw.depends_on), raw.expected_objects, raw.reversible, raw.resumable)
+    return Step(raw.id, raw.kind, raw.description, list(raw.depends_on), raw.expected_objects, raw.reversible, raw.resumable, raw.queue, raw.estimated_duration_ms)
+
+
+@dataclass
+class Plan:
+    """What `plan` may return instead of a list of steps, to give the whole migration an
+    estimate (without one the host sums the steps' estimates when each has one)."""
+
+    steps: List[Step]
+    estimated_ms: Optional[int] = None
+
+
+@dataclass
+class Report:
+    """What `execute` may return instead of a summary string: `partial(...)` says some
+    objects failed (each recorded with `failed`) and the rest are usable."""
+
+    summary: str
+    outcome: StepOutcome = StepOutcome.COMPLETE
+
+
+def partial(summary: str) -> Report:
+    return Report(summary, StepOutcome.PARTIAL)
+
+
+def _report(value: Any) -> _types.StepReport:
+    if isinstance(value, Report):
+        return _types.StepReport(value.summary, value.outcome)
+    return _types.StepReport(str(value), StepOutcome.COMPLETE)
 
 
 @dataclass
@@ -385,6 +434,12 @@ class Handler:
     def execute(self, spec: Spec, step: Step, checkpoint: Any) -> str:
         raise NotImplementedError
 
+    def execute_objects(self, spec: Spec, step: Step, names: List[str]) -> str:
+        """Re-run `step` for exactly the objects `names` (at most 1,000 per call; empty means
+        nothing is left): the operator retries what a partial step failed."""
+        raise InvalidSpec(f"this handler cannot re-run single objects of step '{step.id}'").with_recovery(
+            "retry-step", "retry or roll back the whole step instead")
+
     def rollback(self, spec: Spec, step: Step) -> str:
         raise StepFailed(f"step {step.id} cannot be rolled back")
 
@@ -403,7 +458,7 @@ def _guarded(call):
         for line in text.rstrip().splitlines():
             _job.log(_job.LogLevel.ERROR, line)
         message = f"uncaught {type(e).__name__}: {e}\n{text[-MAX_TRACEBACK_CHARS:]}"
-        raise Err(_types.MigrationError(ErrorKind.STEP_FAILED, message, False))
+        raise Err(_types.MigrationError(ErrorKind.STEP_FAILED, message, False, []))
 
 
 def export(handler_class: type) -> type:
@@ -415,17 +470,20 @@ def export(handler_class: type) -> type:
             return _types.PluginInfo(handler.name, handler.version, list(handler.kinds), handler.description)
 
         def plan(self, spec: _types.MigrationSpec) -> _types.MigrationPlan:
-            steps = _guarded(lambda: handler.plan(_spec(spec)))
-            return _types.MigrationPlan([s._contract() for s in steps], handler.risk, list(handler.risk_notes))
+            planned = _guarded(lambda: handler.plan(_spec(spec)))
+            plan = planned if isinstance(planned, Plan) else Plan(list(planned))
+            return _types.MigrationPlan([s._contract() for s in plan.steps], handler.risk, list(handler.risk_notes), plan.estimated_ms)
 
         def validate(self, spec: _types.MigrationSpec, plan: _types.MigrationPlan) -> _types.ValidationReport:
             findings = _guarded(lambda: handler.validate(_spec(spec), [_step(s) for s in plan.steps]))
             return _types.ValidationReport([_types.Finding(f.severity, f.code, f.message, f.step) for f in findings])
 
-        def execute(self, spec: _types.MigrationSpec, step: _types.PlanStep, checkpoint: Optional[bytes]) -> _types.StepReport:
-            return _types.StepReport(_guarded(lambda: handler.execute(_spec(spec), _step(step), _checkpoint(checkpoint))))
+        def execute(self, spec: _types.MigrationSpec, step: _types.PlanStep, checkpoint: Optional[bytes], objects: Optional[List[str]]) -> _types.StepReport:
+            if objects is not None:
+                return _report(_guarded(lambda: handler.execute_objects(_spec(spec), _step(step), list(objects))))
+            return _report(_guarded(lambda: handler.execute(_spec(spec), _step(step), _checkpoint(checkpoint))))
 
         def rollback(self, spec: _types.MigrationSpec, step: _types.PlanStep) -> _types.StepReport:
-            return _types.StepReport(_guarded(lambda: handler.rollback(_spec(spec), _step(step))))
+            return _report(_guarded(lambda: handler.rollback(_spec(spec), _step(step))))
 
     return Export
