@@ -149,7 +149,7 @@ fn authorization_table_every_endpoint_by_role() {
     let table: Vec<(&str, String, Option<Value>, u8)> = vec![
         ("GET", "/plugins".into(), None, 1),
         ("POST", "/plugins".into(), Some(json!(null)), 3),
-        ("GET", "/plugins/kv-copy/1.2.0".into(), None, 1),
+        ("GET", "/plugins/kv-copy/1.3.0".into(), None, 1),
         ("DELETE", "/plugins/nope/1.0.0".into(), None, 3),
         ("GET", "/migrations".into(), None, 1),
         (

@@ -1,5 +1,6 @@
 //! Contract 0.2 over HTTP: a native 0.2 plugin's partial outcome, retry of its failed objects,
-//! estimates and recovery actions; a queue name the host cannot serve refused.
+//! estimates and recovery actions; a queue name the host cannot serve refused; the bundled
+//! kv-copy recording a bad value as a failed object.
 
 use super::common::{ADMIN, Server, plugin_dir};
 use plover_tests::artifacts;
@@ -203,4 +204,77 @@ fn a_0_2_plugin_ends_partial_its_failed_objects_are_listed_retried_and_rolled_ba
     );
     let (_, after) = s.get("/migrations", ADMIN);
     assert_eq!(after["total"], before["total"]);
+
+    bundled_kv_copy_records_a_bad_value_and_retries_it(&s);
+}
+
+/// The bundled kv-copy (SDK-built, contract 0.2) with `on_bad_value: record`: the job ends
+/// `partial` with the bad key listed, and `retry-objects` copies just that key once fixed.
+fn bundled_kv_copy_records_a_bad_value_and_retries_it(s: &Server) {
+    import(
+        s,
+        "kv2-src",
+        &[
+            ("s/1", r#"{"a":1}"#),
+            ("s/2", "oops"),
+            ("s/3", r#"{"a":3}"#),
+        ],
+    );
+    let id = s.create(&json!({
+        "handler": "kv-copy@^1",
+        "kind": "kv-copy",
+        "parameters": { "prefix": "s/", "set_fields": { "v": 2 }, "on_bad_value": "record" },
+        "grants": { "source": "kv2-src", "target": "kv2-dst" },
+    }));
+    let plugin = s.job(&id)["plugin"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, shown) = s.get(&format!("/plugins/kv-copy/{plugin}"), ADMIN);
+    assert_eq!(shown["contract_version"], "0.2.0", "{shown}");
+    s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+    let done = s.wait_for(&id, |j| {
+        j["status"] != "executing" && j["status"] != "planned"
+    });
+    assert_eq!(done["status"], "partial", "{done}");
+    assert_eq!(done["steps"][0]["outcome"], "partial");
+    assert_eq!(
+        done["steps"][1]["status"], "completed",
+        "verify ran: {done}"
+    );
+    assert_eq!(done["failed_objects"], 1);
+    let (_, failed) = s.get(&format!("/migrations/{id}/objects?status=error"), ADMIN);
+    assert_eq!(failed["items"][0]["name"], "s/2", "{failed}");
+    assert!(
+        failed["items"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not JSON"),
+        "{failed}"
+    );
+
+    import(s, "kv2-src", &[("s/2", r#"{"a":2}"#)]);
+    let (status, body) = s.post(
+        &format!("/migrations/{id}/retry-objects"),
+        ADMIN,
+        &json!({ "step": "copy" }),
+    );
+    assert_eq!(status, 202, "{body}");
+    let retried = s.wait_for(&id, |j| j["status"] == "completed");
+    assert_eq!(retried["failed_objects"], 0, "{retried}");
+    let (_, copied) = s.get("/buckets/kv2-dst/entries", ADMIN);
+    let values: Vec<(&str, &str)> = copied["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["key"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("s/1", r#"{"a":1,"v":2}"#),
+            ("s/2", r#"{"a":2,"v":2}"#),
+            ("s/3", r#"{"a":3,"v":2}"#)
+        ]
+    );
 }

@@ -19,7 +19,7 @@ allow = ["http://api.partner.example"]
 "#;
     let server = Server::start_with_config(data.path(), plugins.path(), config);
 
-    let (status, kv_copy) = server.get("/plugins/kv-copy/1.2.0", ADMIN);
+    let (status, kv_copy) = server.get("/plugins/kv-copy/1.3.0", ADMIN);
     assert_eq!(status, 200);
     assert_eq!(
         kv_copy["bindings"],

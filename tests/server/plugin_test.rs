@@ -284,3 +284,63 @@ fn a_real_redis_connection_from_the_configuration_can_be_granted() {
     );
     assert_eq!(target.keys(), Vec::<String>::new());
 }
+
+#[test]
+fn a_partial_step_has_its_failed_objects_retried_and_queue_steps_are_left_to_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.jsonl");
+    std::fs::write(
+        &path,
+        "{\"key\": \"s/1\", \"value\": {\"a\": 1}}\n{\"key\": \"s/2\", \"value\": \"oops\"}\n",
+    )
+    .unwrap();
+    let source = format!("source={}", path.display());
+    let checked = plugin_test(
+        dir.path(),
+        &[
+            artifacts::KV_COPY,
+            "--bucket",
+            &source,
+            "--bucket",
+            "target",
+            "--params",
+            r#"{"prefix": "s/", "set_fields": {"v": 2}, "on_bad_value": "record"}"#,
+        ],
+    );
+    assert_eq!(checked.code, 0, "{}", checked.report);
+    for expected in [
+        "2 objects (1 failed), 1 checkpoint, ended partial: copied 1 keys, 1 bad values recorded as failed",
+        "ok   retry failed objects of copy",
+        "re-ran the 1 failed objects, one result each (1 still failed, partial): copied 0 of 1 keys again, 1 still bad",
+        "every bucket is as it was seeded",
+    ] {
+        assert!(
+            checked.report.contains(expected),
+            "{expected:?} in:\n{}",
+            checked.report
+        );
+    }
+
+    let queued = plugin_test(
+        dir.path(),
+        &[
+            artifacts::WORKER_PLAN,
+            "--params",
+            r#"{"steps": [{"id": "load", "queue": "bulk-load"}]}"#,
+        ],
+    );
+    assert_eq!(queued.code, 0, "{}", queued.report);
+    assert!(
+        queued
+            .report
+            .contains("1 steps: load (migration, queue bulk-load)")
+            && queued
+                .report
+                .contains("runs on worker queue 'bulk-load': a worker executes it")
+            && queued
+                .report
+                .contains("not compared with the seed: step load runs on a worker queue"),
+        "{}",
+        queued.report
+    );
+}

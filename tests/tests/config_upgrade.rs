@@ -1,9 +1,10 @@
 //! The config-upgrade handler, built from plugins/config-upgrade: upgrades through the schema
-//! history, skips current documents, refuses bad ones at validation, and rolls back to the
+//! history, skips current documents, refuses bad ones at validation (or records them as failed
+//! objects and retries them alone, when the job asks), and rolls back to the
 //! original bytes.
 
-use plover_host::model::{ErrorKind, ObjectStatus, Severity};
-use plover_host::testing::{HarnessError, TestHarness};
+use plover_host::model::{ErrorKind, ObjectStatus, Severity, StepOutcome};
+use plover_host::testing::{Crash, HarnessError, TestHarness};
 use plover_tests::artifacts;
 use serde_json::{Value, json};
 
@@ -147,4 +148,103 @@ fn unknown_target_version_is_an_invalid_spec() {
         }
         other => panic!("expected invalid-spec, got {other:?}"),
     }
+}
+
+#[test]
+fn a_job_that_records_bad_documents_upgrades_the_rest_and_retries_the_fixed_ones_alone() {
+    let mut h = harness();
+    let configs = h.bucket("configs");
+    const BROKEN: &str = r#"{"schema_version":"1.0.0","name":"mail","features":"all"}"#;
+    configs.insert("config/mail", BROKEN);
+    configs.insert("config/junk", "{ not json");
+    let before = h.bucket_snapshot("configs");
+    let mut spec = h.spec(
+        "config-upgrade",
+        json!({ "target_version": "3.0.0", "on_bad_document": "record" }),
+    );
+    spec.options.batch_size = 2;
+    let plan = h.plan(&spec).unwrap();
+    let report = h.validate(&spec, &plan).unwrap();
+    assert!(report.passed(spec.options.validation_level), "{report:?}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.code == "bad-field" && f.severity == Severity::Warning)
+    );
+
+    h.execute(&spec, &plan.steps[0], None).unwrap();
+    // A crash after the second checkpoint (its batch holds both bad documents): the resumed
+    // step still knows it left failed objects.
+    let resume_from = match h
+        .execute_crashing_after(&spec, &plan.steps[1], None, 2)
+        .unwrap()
+    {
+        Crash::Crashed { resume_from } => resume_from,
+        Crash::Finished(r) => panic!("finished before its second checkpoint: {r:?}"),
+    };
+    let upgraded = h.execute(&spec, &plan.steps[1], resume_from).unwrap();
+    assert_eq!(
+        upgraded.outcome,
+        StepOutcome::Partial,
+        "{}",
+        upgraded.summary
+    );
+    assert_eq!(
+        upgraded.summary, "upgraded 1 documents, 0 already current, 2 could not be upgraded",
+        "the resumed call did the last batch; the bad count came with the checkpoint"
+    );
+    let failed: Vec<String> = h
+        .events
+        .objects
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.status == ObjectStatus::Error)
+        .map(|o| o.name.clone())
+        .collect();
+    assert_eq!(failed, ["config/junk", "config/mail"]);
+    let now = h.bucket_snapshot("configs");
+    assert_eq!(now["config/mail"], BROKEN.as_bytes(), "left as it was");
+    assert_eq!(doc(&h, "config/search")["schema_version"], "3.0.0");
+    let verified = h.execute(&spec, &plan.steps[2], None).unwrap();
+    assert!(
+        verified.summary.ends_with("2 left as they were"),
+        "{}",
+        verified.summary
+    );
+
+    // The operator fixes `mail` in place (junk stays broken) and retries the failed ones.
+    const FIXED: &str = r#"{"schema_version":"1.0.0","name":"mail","features":["all"]}"#;
+    configs.insert("config/mail", FIXED);
+    let seen = h.events.object_count();
+    let retried = h.execute_objects(&spec, &plan.steps[1], &failed).unwrap();
+    assert_eq!(retried.outcome, StepOutcome::Partial);
+    assert_eq!(
+        retried.summary,
+        "upgraded 1 of 2 documents again, 1 still bad"
+    );
+    let round: Vec<(String, ObjectStatus)> = h.events.objects.lock().unwrap()[seen..]
+        .iter()
+        .map(|o| (o.name.clone(), o.status))
+        .collect();
+    assert_eq!(
+        round,
+        [
+            ("config/junk".to_string(), ObjectStatus::Error),
+            ("config/mail".to_string(), ObjectStatus::Success)
+        ]
+    );
+    assert_eq!(
+        doc(&h, "config/mail"),
+        json!({ "schema_version": "3.0.0", "name": "mail", "features": { "all": true }, "retries": 3 })
+    );
+
+    // Rollback gives back the operator's fixed document, and every other original byte.
+    for step in plan.steps.iter().rev() {
+        h.rollback(&spec, step).unwrap();
+    }
+    let mut expected = before;
+    expected.insert("config/mail".into(), FIXED.as_bytes().to_vec());
+    assert_eq!(h.bucket_snapshot("configs"), expected);
 }

@@ -3,9 +3,11 @@
 //! on sled-backed buckets.
 
 use plover_host::connectors::{KvBucket, MemoryBucket, SledBuckets};
-use plover_host::model::{ErrorKind, LogLevel, ObjectResult, ObjectStatus, Severity, StepKind};
+use plover_host::model::{
+    ErrorKind, LogLevel, ObjectResult, ObjectStatus, Severity, StepKind, StepOutcome,
+};
 use plover_host::runtime::JobEvents;
-use plover_host::testing::{HarnessError, RecordingEvents, TestHarness};
+use plover_host::testing::{Crash, HarnessError, RecordingEvents, TestHarness};
 use plover_tests::artifacts;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -320,5 +322,144 @@ fn copies_between_sled_buckets_on_disk() {
         source.count("").unwrap(),
         2000,
         "rollback never touches the source"
+    );
+}
+
+/// Names of the failed objects the harness recorded, in order.
+fn failed_names(h: &TestHarness) -> Vec<String> {
+    h.events
+        .objects
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.status == ObjectStatus::Error)
+        .map(|o| o.name.clone())
+        .collect()
+}
+
+#[test]
+fn a_bad_value_fails_the_copy_unless_the_job_records_it_and_then_only_it_is_retried() {
+    let (h, source, target) = harness_with_sessions(250);
+    source.insert("session/00100", "not json");
+    target.insert("sess:00042", "old");
+    let before = target.snapshot();
+    let params = |on_bad: &str| json!({ "prefix": "session/", "rename_prefix": "sess:", "set_fields": { "v": 2 }, "on_bad_value": on_bad });
+
+    // By default one bad value fails the step.
+    let mut strict = h.spec("kv-copy", params("fail"));
+    strict.options.batch_size = 100;
+    let plan = h.plan(&strict).unwrap();
+    assert!(
+        !h.validate(&strict, &plan)
+            .unwrap()
+            .passed(strict.options.validation_level)
+    );
+    match h.execute(&strict, &plan.steps[0], None) {
+        Err(HarnessError::Handler(e)) => {
+            assert_eq!(e.kind, ErrorKind::StepFailed);
+            assert!(e.message.contains("session/00100"), "{}", e.message);
+        }
+        other => panic!("expected the bad value to fail the step, got {other:?}"),
+    }
+    h.rollback(&strict, &plan.steps[0]).unwrap();
+    assert_eq!(target.snapshot(), before);
+
+    // Recording it: validation warns instead of blocking, the rest is copied, the step is
+    // partial, also when it resumes from a checkpoint taken after the bad value's batch.
+    let mut spec = h.spec("kv-copy", params("record"));
+    spec.options.batch_size = 100;
+    let plan = h.plan(&spec).unwrap();
+    let report = h.validate(&spec, &plan).unwrap();
+    assert!(report.passed(spec.options.validation_level), "{report:?}");
+    assert_eq!(report.findings[0].severity, Severity::Warning);
+    let objects_before = h.events.object_count();
+    let resume_from = match h
+        .execute_crashing_after(&spec, &plan.steps[0], None, 2)
+        .unwrap()
+    {
+        Crash::Crashed { resume_from } => resume_from,
+        Crash::Finished(r) => panic!("finished before its second checkpoint: {r:?}"),
+    };
+    let copied = h.execute(&spec, &plan.steps[0], resume_from).unwrap();
+    assert_eq!(copied.outcome, StepOutcome::Partial, "{}", copied.summary);
+    assert_eq!(
+        copied.summary,
+        "copied 249 keys, 1 bad values recorded as failed"
+    );
+    let failed = failed_names(&h);
+    assert_eq!(failed, ["sess:00100"], "named as in the target");
+    assert_eq!(
+        h.events.object_count(),
+        objects_before + 250,
+        "each key once"
+    );
+    assert_eq!(target.snapshot().len(), 249, "every key but the bad one");
+    assert!(!target.snapshot().contains_key("sess:00100"));
+    let verified = h.execute(&spec, &plan.steps[1], None).unwrap();
+    assert!(
+        verified.summary.starts_with("verified 249 keys")
+            && verified.summary.ends_with("left out 1 bad values"),
+        "{}",
+        verified.summary
+    );
+
+    // The operator fixes the value; the retry copies exactly that key.
+    source.insert("session/00100", r#"{"user":100}"#);
+    source.insert("session/00001", r#"{"user":"changed"}"#);
+    let seen = h.events.object_count();
+    let retried = h.execute_objects(&spec, &plan.steps[0], &failed).unwrap();
+    assert_eq!(retried.outcome, StepOutcome::Complete);
+    assert_eq!(retried.summary, "copied 1 of 1 keys again, 0 still bad");
+    let objects = h.events.objects.lock().unwrap()[seen..].to_vec();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(
+        (objects[0].name.as_str(), objects[0].status),
+        ("sess:00100", ObjectStatus::Success)
+    );
+    let now = target.snapshot();
+    assert_eq!(now["sess:00100"], br#"{"user":100,"v":2}"#);
+    assert_eq!(
+        now["sess:00001"], br#"{"ttl":3600,"user":1,"v":2}"#,
+        "keys not named stay as the first run left them"
+    );
+    match h.execute_objects(&spec, &plan.steps[1], &failed) {
+        Err(HarnessError::Handler(e)) => assert_eq!(e.kind, ErrorKind::InvalidSpec),
+        other => panic!("verify records no objects to retry, got {other:?}"),
+    }
+
+    // Rollback undoes the first run and the retry alike.
+    h.rollback(&spec, &plan.steps[1]).unwrap();
+    h.rollback(&spec, &plan.steps[0]).unwrap();
+    assert_eq!(target.snapshot(), before);
+}
+
+#[test]
+fn a_retry_records_a_value_still_bad_and_skips_a_key_gone_from_the_source() {
+    let (h, source, _target) = harness_with_sessions(3);
+    source.insert("session/bad1", "[1]");
+    source.insert("session/bad2", "nope");
+    let spec = h.spec(
+        "kv-copy",
+        json!({ "prefix": "session/", "set_fields": { "v": 2 }, "on_bad_value": "record" }),
+    );
+    let plan = h.plan(&spec).unwrap();
+    h.execute(&spec, &plan.steps[0], None).unwrap();
+    let failed = failed_names(&h);
+    assert_eq!(failed, ["session/bad1", "session/bad2"]);
+    source.delete_many(&["session/bad2".into()]).unwrap();
+    let seen = h.events.object_count();
+    let again = h.execute_objects(&spec, &plan.steps[0], &failed).unwrap();
+    assert_eq!(again.outcome, StepOutcome::Partial);
+    let objects = h.events.objects.lock().unwrap()[seen..].to_vec();
+    let statuses: Vec<(&str, ObjectStatus)> = objects
+        .iter()
+        .map(|o| (o.name.as_str(), o.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("session/bad1", ObjectStatus::Error),
+            ("session/bad2", ObjectStatus::Skipped)
+        ]
     );
 }

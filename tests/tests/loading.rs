@@ -29,7 +29,7 @@ fn runtime() -> Runtime {
 fn plugin_identity_is_name_version_and_sha256_of_its_bytes() {
     let plugin = runtime().load_file(artifacts::KV_COPY.as_ref()).unwrap();
     assert_eq!(plugin.name(), "kv-copy");
-    assert_eq!(plugin.version().to_string(), "1.2.0");
+    assert_eq!(plugin.version().to_string(), "1.3.0");
     assert_eq!(plugin.info().kinds, ["kv-copy", "session-store-move"]);
     assert_eq!(plugin.contract_version().to_string(), "0.2.0");
     assert_eq!(plugin.sha256(), sha256sum(artifacts::KV_COPY));

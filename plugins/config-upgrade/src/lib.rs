@@ -12,6 +12,12 @@
 //! rewrites each document older than the target; `verify` checks every document is at the
 //! target and equals the upgrade of its backup. Rolling back `upgrade` restores the backups
 //! byte for byte.
+//!
+//! A document that cannot be upgraded fails the step, unless the job says
+//! `"on_bad_document": "record"`: then it is recorded as a failed object and left as it is,
+//! the rest are upgraded, `upgrade` ends `partial`, and `verify` checks such documents are
+//! untouched. The operator fixes them in place and retries just those (`retry-objects`): each
+//! is backed up again as it now is (so rollback restores the fixed document), then upgraded.
 
 use plover_sdk::prelude::*;
 use semver::Version;
@@ -26,6 +32,20 @@ struct Params {
     prefix: String,
     /// The schema version to upgrade to, one of the versions in the history above.
     target_version: String,
+    /// What a document that cannot be upgraded does to the step.
+    #[serde(default)]
+    on_bad_document: OnBadDocument,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum OnBadDocument {
+    /// Fail the step (the default).
+    #[default]
+    Fail,
+    /// Record the document as a failed object, leave it as it is and upgrade the rest; the
+    /// step ends `partial`.
+    Record,
 }
 
 fn default_prefix() -> String {
@@ -163,6 +183,9 @@ fn to_v3(key: &str, doc: &mut Map<String, Value>) -> Result<(), DocProblem> {
 struct Cursor {
     after: Option<String>,
     done: u64,
+    /// Documents recorded as failed so far, so a resumed step still ends `partial`.
+    #[serde(default)]
+    bad: u64,
 }
 
 fn read_cursor(checkpoint: Option<Vec<u8>>) -> Result<Cursor, MigrationError> {
@@ -173,7 +196,8 @@ fn read_cursor(checkpoint: Option<Vec<u8>>) -> Result<Cursor, MigrationError> {
     }
 }
 
-/// Visit every entry under `prefix` in batches, resuming from and checkpointing `cursor`.
+/// Visit every entry under `prefix` in batches, resuming from and checkpointing `cursor`;
+/// `visit` answers how many of a batch's documents it recorded as failed.
 fn for_each_batch(
     bucket: &Bucket,
     prefix: &str,
@@ -181,8 +205,8 @@ fn for_each_batch(
     mut cursor: Cursor,
     total: Option<u64>,
     checkpoint: bool,
-    mut visit: impl FnMut(Vec<(String, Vec<u8>)>) -> Result<(), MigrationError>,
-) -> Result<u64, MigrationError> {
+    mut visit: impl FnMut(Vec<(String, Vec<u8>)>) -> Result<u64, MigrationError>,
+) -> Result<Cursor, MigrationError> {
     loop {
         if is_cancelled() {
             return Err(MigrationError::cancelled().retryable());
@@ -193,7 +217,7 @@ fn for_each_batch(
         }
         let last = page.entries.last().map(|(k, _)| k.clone());
         cursor.done += page.entries.len() as u64;
-        visit(page.entries)?;
+        cursor.bad += visit(page.entries)?;
         cursor.after = page.next_cursor;
         progress(cursor.done, total, last.as_deref());
         if checkpoint {
@@ -203,7 +227,7 @@ fn for_each_batch(
             break;
         }
     }
-    Ok(cursor.done)
+    Ok(cursor)
 }
 
 struct ConfigUpgrade;
@@ -268,6 +292,11 @@ impl Handler for ConfigUpgrade {
         if spec.options.validation_level == ValidationLevel::Basic {
             return Ok(ValidationReport { findings });
         }
+        // Broken documents block the job unless it asked to record them as failed objects.
+        let severity = match params.on_bad_document {
+            OnBadDocument::Fail => Severity::Error,
+            OnBadDocument::Record => Severity::Warning,
+        };
         let (mut current, mut problems) = (0u64, 0u64);
         let configs = Bucket::open("configs")?;
         for_each_batch(
@@ -286,14 +315,13 @@ impl Handler for ConfigUpgrade {
                             problems += 1;
                             if problems <= 20 {
                                 findings.push(
-                                    Finding::new(Severity::Error, p.code, p.message)
-                                        .for_step("upgrade"),
+                                    Finding::new(severity, p.code, p.message).for_step("upgrade"),
                                 );
                             }
                         }
                     }
                 }
-                Ok(())
+                Ok(0)
             },
         )?;
         if current > 0 {
@@ -332,14 +360,16 @@ impl Handler for ConfigUpgrade {
                             .map(|(k, v)| (format!("{BACKUP_PREFIX}{k}"), v))
                             .collect();
                         backups.set_many(&copies)?;
-                        Ok(())
+                        Ok(0)
                     },
-                )?;
+                )?
+                .done;
                 Ok(StepReport::new(format!("backed up {n} documents")))
             }
             "upgrade" => {
                 let (mut upgraded, mut skipped) = (0u64, 0u64);
-                for_each_batch(
+                let record_bad = params.on_bad_document == OnBadDocument::Record;
+                let ended = for_each_batch(
                     &configs,
                     &params.prefix,
                     batch,
@@ -347,8 +377,7 @@ impl Handler for ConfigUpgrade {
                     step.expected_objects,
                     true,
                     |entries| {
-                        let mut writes = vec![];
-                        let mut results = vec![];
+                        let (mut writes, mut results, mut batch_bad) = (vec![], vec![], 0);
                         for (key, bytes) in entries {
                             match upgrade_doc(&key, &bytes, &target) {
                                 Ok(Some(new)) => {
@@ -360,22 +389,38 @@ impl Handler for ConfigUpgrade {
                                     "config",
                                     format!("already at {target}"),
                                 )),
+                                Err(p) if record_bad => {
+                                    batch_bad += 1;
+                                    results.push(ObjectResult::failed(key, "config", p.message));
+                                }
                                 Err(p) => return Err(MigrationError::step_failed(p.message)),
                             }
                         }
                         upgraded += writes.len() as u64;
-                        skipped += (results.len() - writes.len()) as u64;
+                        skipped += results
+                            .iter()
+                            .filter(|r| r.status == ObjectStatus::Skipped)
+                            .count() as u64;
                         configs.set_many(&writes)?;
                         record_objects(&results);
-                        Ok(())
+                        Ok(batch_bad)
                     },
                 )?;
-                Ok(StepReport::new(format!(
-                    "upgraded {upgraded} documents, {skipped} already current"
-                )))
+                // Resumed from a checkpoint, `upgraded` and `skipped` count this call only;
+                // `bad` comes with the checkpoint, so a resumed step still ends `partial`.
+                let summary = format!("upgraded {upgraded} documents, {skipped} already current");
+                let bad = ended.bad;
+                if bad > 0 {
+                    warn!("{bad} documents could not be upgraded and were recorded as failed");
+                    return Ok(StepReport::partial(format!(
+                        "{summary}, {bad} could not be upgraded"
+                    )));
+                }
+                Ok(StepReport::new(summary))
             }
             "verify" => {
-                let mut checked = 0u64;
+                let (mut checked, mut left) = (0u64, 0u64);
+                let record_bad = params.on_bad_document == OnBadDocument::Record;
                 for_each_batch(
                     &backups,
                     BACKUP_PREFIX,
@@ -393,6 +438,11 @@ impl Handler for ConfigUpgrade {
                             let expected = match upgrade_doc(key, original, &target) {
                                 Ok(Some(new)) => new,
                                 Ok(None) => original.clone(),
+                                // Recorded as failed by `upgrade`: it must be as it was.
+                                Err(_) if record_bad => {
+                                    left += 1;
+                                    original.clone()
+                                }
                                 Err(p) => return Err(MigrationError::data_corruption(p.message)),
                             };
                             if now.as_deref() != Some(expected.as_slice()) {
@@ -402,16 +452,40 @@ impl Handler for ConfigUpgrade {
                             }
                         }
                         checked += keys.len() as u64;
-                        Ok(())
+                        Ok(0)
                     },
                 )?;
-                info!("verified {checked} documents at schema {target}");
-                Ok(StepReport::new(format!("verified {checked} documents")))
+                let summary = if left > 0 {
+                    format!(
+                        "verified {} documents at schema {target}, {left} left as they were",
+                        checked - left
+                    )
+                } else {
+                    format!("verified {checked} documents at schema {target}")
+                };
+                info!("{summary}");
+                Ok(StepReport::new(summary))
             }
             other => Err(MigrationError::invalid_spec(format!(
                 "config-upgrade has no step '{other}'"
             ))),
         }
+    }
+
+    fn execute_objects(
+        spec: MigrationSpec,
+        step: PlanStep,
+        objects: Vec<String>,
+    ) -> Result<StepReport, MigrationError> {
+        let params: Params = spec.params()?;
+        let target = params.target()?;
+        if step.id != "upgrade" {
+            return Err(MigrationError::invalid_spec(format!(
+                "config-upgrade records objects only in 'upgrade', not in '{}'",
+                step.id
+            )));
+        }
+        upgrade_again(&params, &target, &objects)
     }
 
     fn rollback(spec: MigrationSpec, step: PlanStep) -> Result<StepReport, MigrationError> {
@@ -433,9 +507,10 @@ impl Handler for ConfigUpgrade {
                             .map(|(k, v)| (k[BACKUP_PREFIX.len()..].to_string(), v))
                             .collect();
                         configs.set_many(&originals)?;
-                        Ok(())
+                        Ok(0)
                     },
-                )?;
+                )?
+                .done;
                 Ok(StepReport::new(format!(
                     "restored {n} documents from backup"
                 )))
@@ -459,6 +534,67 @@ impl Handler for ConfigUpgrade {
             ))),
         }
     }
+}
+
+/// `retry-objects` of `upgrade`: upgrade exactly the documents `names` as they are now. One
+/// still older than the target is backed up again first, so rollback restores the operator's
+/// fixed document rather than the broken original; one already at the target (upgraded by an
+/// interrupted earlier retry) keeps its backup, which is what the upgrade overwrote.
+fn upgrade_again(
+    params: &Params,
+    target: &Version,
+    names: &[String],
+) -> Result<StepReport, MigrationError> {
+    let configs = Bucket::open("configs")?;
+    let backups = Bucket::job_state();
+    info!("upgrading {} documents again", names.len());
+    let ours: Vec<String> = names
+        .iter()
+        .filter(|n| n.starts_with(&params.prefix))
+        .cloned()
+        .collect();
+    let now = configs.get_many(&ours)?;
+    let (mut results, mut writes, mut backed_up) = (vec![], vec![], vec![]);
+    for (key, bytes) in ours.into_iter().zip(now) {
+        let Some(bytes) = bytes else {
+            results.push(ObjectResult::skipped(key, "config", "no longer exists"));
+            continue;
+        };
+        match upgrade_doc(&key, &bytes, target) {
+            Ok(Some(new)) => {
+                backed_up.push((format!("{BACKUP_PREFIX}{key}"), bytes));
+                results.push(ObjectResult::success(key.clone(), "config", 0));
+                writes.push((key, new));
+            }
+            Ok(None) => results.push(ObjectResult::skipped(
+                key,
+                "config",
+                format!("already at {target}"),
+            )),
+            Err(p) => results.push(ObjectResult::failed(key, "config", p.message)),
+        }
+    }
+    for name in names.iter().filter(|n| !n.starts_with(&params.prefix)) {
+        results.push(ObjectResult::skipped(
+            name.clone(),
+            "config",
+            "not under this job's prefix",
+        ));
+    }
+    // The backup first: a crash between the two leaves a backup of the unchanged document.
+    backups.set_many(&backed_up)?;
+    configs.set_many(&writes)?;
+    record_objects(&results);
+    let still_bad = results
+        .iter()
+        .filter(|r| r.status == ObjectStatus::Error)
+        .count();
+    let summary = format!(
+        "upgraded {} of {} documents again, {still_bad} still bad",
+        writes.len(),
+        names.len()
+    );
+    Ok(StepReport::partial_if_failed(summary, &results))
 }
 
 plover_sdk::export_handler!(ConfigUpgrade);

@@ -9,6 +9,11 @@
 //!    checkpointed after each batch.
 //! 2. `verify` (verification): re-reads both sides and compares counts and SHA-256 checksums.
 //!
+//! A value that cannot be transformed fails the step, unless the job says
+//! `"on_bad_value": "record"`: then the key is recorded as a failed object (under its target
+//! name), the rest is copied, `copy` ends `partial`, and `verify` leaves such keys out. After
+//! fixing the values the operator retries just those keys (`retry-objects`).
+//!
 //! Rolling back `copy` replays the journal: keys that did not exist are deleted, overwritten
 //! keys get their old bytes back, so the target ends exactly as it was.
 
@@ -30,6 +35,18 @@ struct Params {
     set_fields: serde_json::Map<String, Value>,
     /// Fields to remove from every value, which must then be a JSON object.
     remove_fields: Vec<String>,
+    /// What a value that cannot be transformed does to the step.
+    on_bad_value: OnBadValue,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum OnBadValue {
+    /// Fail the step (the default): nothing after the bad value's batch is copied.
+    #[default]
+    Fail,
+    /// Record the key as a failed object and copy the rest; the step ends `partial`.
+    Record,
 }
 
 impl Params {
@@ -42,6 +59,17 @@ impl Params {
             Some(new) => format!("{new}{}", &source_key[self.prefix.len()..]),
             None => source_key.to_string(),
         }
+    }
+
+    /// The source key a target key (an object's name) was copied from, if it is one of ours.
+    fn source_key(&self, target_key: &str) -> Option<String> {
+        let (from, to) = match &self.rename_prefix {
+            Some(new) => (new.as_str(), self.prefix.as_str()),
+            None => (self.prefix.as_str(), self.prefix.as_str()),
+        };
+        target_key
+            .strip_prefix(from)
+            .map(|rest| format!("{to}{rest}"))
     }
 
     fn target_value(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, MigrationError> {
@@ -73,6 +101,9 @@ impl Params {
 struct CopyCheckpoint {
     cursor: Option<String>,
     copied: u64,
+    /// Keys recorded as failed so far (`on_bad_value: record`).
+    #[serde(default)]
+    bad: u64,
 }
 
 const JOURNAL_PREFIX: &str = "w/";
@@ -142,6 +173,11 @@ impl Handler for KvCopy {
         if spec.options.validation_level == ValidationLevel::Basic {
             return Ok(ValidationReport { findings });
         }
+        // Bad values block the job unless it asked to record them as failed objects.
+        let bad_value_severity = match params.on_bad_value {
+            OnBadValue::Fail => Severity::Error,
+            OnBadValue::Record => Severity::Warning,
+        };
         let (source, target) = (Bucket::open("source")?, Bucket::open("target")?);
         let batch = spec.options.batch_size.max(1);
         let mut cursor = None;
@@ -175,8 +211,12 @@ impl Handler for KvCopy {
                         untransformable += 1;
                         if untransformable <= 10 {
                             findings.push(
-                                Finding::new(Severity::Error, "value-not-transformable", e.message)
-                                    .for_step("copy"),
+                                Finding::new(
+                                    bad_value_severity,
+                                    "value-not-transformable",
+                                    e.message,
+                                )
+                                .for_step("copy"),
                             );
                         }
                     }
@@ -196,7 +236,7 @@ impl Handler for KvCopy {
         }
         if untransformable > 10 {
             findings.push(Finding::new(
-                Severity::Error,
+                bad_value_severity,
                 "value-not-transformable",
                 format!("{untransformable} values in all cannot be transformed"),
             ));
@@ -215,6 +255,20 @@ impl Handler for KvCopy {
             "verify" => verify(&spec, &params, &step),
             other => Err(MigrationError::invalid_spec(format!(
                 "kv-copy has no step '{other}'"
+            ))),
+        }
+    }
+
+    fn execute_objects(
+        spec: MigrationSpec,
+        step: PlanStep,
+        objects: Vec<String>,
+    ) -> Result<StepReport, MigrationError> {
+        let params: Params = spec.params()?;
+        match step.id.as_str() {
+            "copy" => copy_again(&params, &objects),
+            other => Err(MigrationError::invalid_spec(format!(
+                "kv-copy records objects only in 'copy', not in '{other}'"
             ))),
         }
     }
@@ -261,31 +315,108 @@ fn copy(
             break;
         }
         let mut writes = Vec::with_capacity(page.entries.len());
+        let mut bad = vec![];
         for (key, value) in &page.entries {
-            writes.push((params.target_key(key), params.target_value(key, value)?));
+            match params.target_value(key, value) {
+                Ok(v) => writes.push((params.target_key(key), v)),
+                Err(e) if params.on_bad_value == OnBadValue::Record => bad.push(
+                    ObjectResult::failed(params.target_key(key), "key", e.message),
+                ),
+                Err(e) => return Err(e),
+            }
         }
         journal_old_values(&target, &journal, &writes)?;
         target.set_many(&writes)?;
 
-        let per_object = started.elapsed().as_micros() as u64 / writes.len() as u64;
-        let results: Vec<ObjectResult> = writes
+        let per_object = started.elapsed().as_micros() as u64 / page.entries.len() as u64;
+        let mut results: Vec<ObjectResult> = writes
             .iter()
             .map(|(key, _)| ObjectResult::success(key.clone(), "key", per_object))
             .collect();
+        state.bad += bad.len() as u64;
+        results.append(&mut bad);
         record_objects(&results);
         state.copied += writes.len() as u64;
         state.cursor = page.next_cursor;
         progress(
-            state.copied,
+            state.copied + state.bad,
             step.expected_objects,
-            writes.last().map(|(k, _)| k.as_str()),
+            page.entries.last().map(|(k, _)| k.as_str()),
         );
         save_checkpoint(&serde_json::to_vec(&state).expect("checkpoint serialises"));
         if state.cursor.is_none() {
             break;
         }
     }
+    if state.bad > 0 {
+        warn!(
+            "{} values could not be transformed and were recorded as failed objects",
+            state.bad
+        );
+        return Ok(StepReport::partial(format!(
+            "copied {} keys, {} bad values recorded as failed",
+            state.copied, state.bad
+        )));
+    }
     Ok(StepReport::new(format!("copied {} keys", state.copied)))
+}
+
+/// `retry-objects` of `copy`: copy again exactly the target keys `names` (the failed objects
+/// of an earlier round), reading their source values as they are now. A key whose value is
+/// still bad is recorded as failed again; one no longer in the source is skipped.
+fn copy_again(params: &Params, names: &[String]) -> Result<StepReport, MigrationError> {
+    let (source, target, journal) = (
+        Bucket::open("source")?,
+        Bucket::open("target")?,
+        Bucket::job_state(),
+    );
+    info!("copying {} failed keys again", names.len());
+    let mut results = Vec::with_capacity(names.len());
+    let mut known = vec![];
+    for name in names {
+        match params.source_key(name) {
+            Some(source_key) => known.push((name.clone(), source_key)),
+            None => results.push(ObjectResult::skipped(
+                name.clone(),
+                "key",
+                "not a key this job copies",
+            )),
+        }
+    }
+    let source_keys: Vec<String> = known.iter().map(|(_, s)| s.clone()).collect();
+    let values = source.get_many(&source_keys)?;
+    let mut writes = vec![];
+    for ((name, source_key), value) in known.into_iter().zip(values) {
+        match value {
+            None => results.push(ObjectResult::skipped(
+                name,
+                "key",
+                "no longer in the source",
+            )),
+            Some(value) => match params.target_value(&source_key, &value) {
+                Ok(v) => writes.push((name, v)),
+                Err(e) => results.push(ObjectResult::failed(name, "key", e.message)),
+            },
+        }
+    }
+    journal_old_values(&target, &journal, &writes)?;
+    target.set_many(&writes)?;
+    results.extend(
+        writes
+            .iter()
+            .map(|(key, _)| ObjectResult::success(key.clone(), "key", 0)),
+    );
+    record_objects(&results);
+    let still_bad = results
+        .iter()
+        .filter(|r| r.status == ObjectStatus::Error)
+        .count();
+    let summary = format!(
+        "copied {} of {} keys again, {still_bad} still bad",
+        writes.len(),
+        names.len()
+    );
+    Ok(StepReport::partial_if_failed(summary, &results))
 }
 
 /// Journal what each target key held before this job first wrote it. A key already journaled
@@ -373,7 +504,7 @@ fn verify(
     let (source, target) = (Bucket::open("source")?, Bucket::open("target")?);
     let batch = spec.options.batch_size.max(1);
     let (mut expected_digest, mut actual_digest) = (Sha256::new(), Sha256::new());
-    let (mut count, mut first_mismatch) = (0u64, None);
+    let (mut count, mut first_mismatch, mut left_out) = (0u64, None, 0u64);
     let mut cursor = None;
     loop {
         if is_cancelled() {
@@ -387,7 +518,15 @@ fn verify(
             .collect();
         let actual = target.get_many(&keys)?;
         for (((source_key, value), key), actual) in page.entries.iter().zip(&keys).zip(actual) {
-            let expected = params.target_value(source_key, value)?;
+            let expected = match params.target_value(source_key, value) {
+                Ok(v) => v,
+                // `copy` recorded it as a failed object and did not write it.
+                Err(_) if params.on_bad_value == OnBadValue::Record => {
+                    left_out += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             hash_entry(&mut expected_digest, key, Some(&expected));
             hash_entry(&mut actual_digest, key, actual.as_deref());
             if first_mismatch.is_none() && actual.as_deref() != Some(expected.as_slice()) {
@@ -414,10 +553,16 @@ fn verify(
             "target differs from source: checksum {actual} != {expected}; first differing key {key}"
         )));
     }
-    info!("verified {count} keys, sha256 {actual}");
-    Ok(StepReport::new(format!(
-        "verified {count} keys, sha256 {actual}"
-    )))
+    let summary = if left_out > 0 {
+        format!(
+            "verified {} keys, sha256 {actual}; left out {left_out} bad values",
+            count - left_out
+        )
+    } else {
+        format!("verified {count} keys, sha256 {actual}")
+    };
+    info!("{summary}");
+    Ok(StepReport::new(summary))
 }
 
 fn hash_entry(digest: &mut Sha256, key: &str, value: Option<&[u8]>) {
