@@ -1,6 +1,7 @@
 //! Contract 0.2 over HTTP: a native 0.2 plugin's partial outcome, retry of its failed objects,
 //! estimates and recovery actions; a queue name the host cannot serve refused; the bundled
-//! kv-copy recording a bad value as a failed object.
+//! kv-copy recording a bad value as a failed object; plugins of the 0.1 line through their whole
+//! lifecycle on the 0.2 host.
 
 use super::common::{ADMIN, Server, plugin_dir};
 use plover_tests::artifacts;
@@ -22,12 +23,16 @@ pub(super) fn import(s: &Server, bucket: &str, entries: &[(&str, &str)]) {
 }
 
 pub(super) fn upload_tolerant_copy(s: &Server) {
+    upload(s, artifacts::CONTRACT_V0_2_0);
+}
+
+fn upload(s: &Server, artifact: &str) {
     let r = s
         .http
         .post(s.api("/plugins"))
         .bearer_auth(ADMIN)
         .header("content-type", "application/wasm")
-        .body(std::fs::read(artifacts::CONTRACT_V0_2_0).unwrap())
+        .body(std::fs::read(artifact).unwrap())
         .send()
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap());
@@ -206,6 +211,60 @@ fn a_0_2_plugin_ends_partial_its_failed_objects_are_listed_retried_and_rolled_ba
     assert_eq!(after["total"], before["total"]);
 
     bundled_kv_copy_records_a_bad_value_and_retries_it(&s);
+    plugins_of_the_0_1_line_run_their_whole_lifecycle(&s);
+}
+
+/// Plugins built against the frozen 0.1.0 and 0.1.1 folders, uploaded to the 0.2 host: plan,
+/// execute to `completed`, and (0.1.1, whose step is reversible) roll back.
+fn plugins_of_the_0_1_line_run_their_whole_lifecycle(s: &Server) {
+    upload(s, artifacts::CONTRACT_V0_1_0);
+    upload(s, artifacts::CONTRACT_V0_1_1);
+    for (name, version) in [("contract-v0-1-0", "0.1.0"), ("contract-v0-1-1", "0.1.1")] {
+        let (_, shown) = s.get(&format!("/plugins/{name}/{version}"), ADMIN);
+        assert_eq!(shown["contract_version"], version, "{shown}");
+    }
+    let run = |handler: &str, kind: &str, source: &str, target: &str| {
+        let id = s.create(&json!({
+            "handler": handler,
+            "kind": kind,
+            "grants": { "source": source, "target": target },
+        }));
+        s.post(&format!("/migrations/{id}/execute"), ADMIN, &json!({}));
+        let done = s.wait_for(&id, |j| {
+            j["status"] != "executing" && j["status"] != "planned"
+        });
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["steps"][0]["outcome"], "complete", "{done}");
+        id
+    };
+    let entries = |bucket: &str| -> Vec<(String, String)> {
+        let (_, page) = s.get(&format!("/buckets/{bucket}/entries"), ADMIN);
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let text = |f: &str| e[f].as_str().unwrap().to_string();
+                (text("key"), text("value"))
+            })
+            .collect()
+    };
+
+    import(s, "v010-src", &[("greeting", "hello")]);
+    run("contract-v0-1-0", "old", "v010-src", "v010-dst");
+    assert_eq!(entries("v010-dst"), [("greeting".into(), "HELLO".into())]);
+
+    import(s, "v011-src", &[("a", "1"), ("b", "2")]);
+    let id = run("contract-v0-1-1", "ttl-copy", "v011-src", "v011-dst");
+    let (_, objects) = s.get(&format!("/migrations/{id}/objects"), ADMIN);
+    assert_eq!(objects["items"].as_array().unwrap().len(), 2, "{objects}");
+    assert_eq!(
+        entries("v011-dst"),
+        [("a".into(), "1".into()), ("b".into(), "2".into())]
+    );
+    s.post(&format!("/migrations/{id}/rollback"), ADMIN, &json!({}));
+    s.wait_for(&id, |j| j["status"] == "rolled-back");
+    assert!(entries("v011-dst").is_empty());
 }
 
 /// The bundled kv-copy (SDK-built, contract 0.2) with `on_bad_value: record`: the job ends
