@@ -10,7 +10,8 @@
 //! Every commit waits for the disk, so commits are batched: logs and progress at most every
 //! [`FLUSH_EVERY`] (or sooner when [`MAX_PENDING_LOG_BYTES`] of log text wait), checkpoints at
 //! most every [`CHECKPOINT_EVERY`] — a checkpoint arriving sooner waits in memory, replaced by
-//! the next, and is committed by that one (or when the step is stopped). A crash then resumes
+//! the next, and is committed by that one, by the next commit of logs or progress, or when the
+//! step is stopped. A crash then resumes
 //! from the last committed checkpoint, redoing at most that much work; handlers make batches
 //! idempotent for exactly this (the SDK documents it).
 
@@ -178,12 +179,8 @@ impl StepEvents {
     /// them again), as are logs and progress, which are written.
     pub fn stop(&self) -> u64 {
         let mut p = self.pending();
-        let pending_checkpoint = p.checkpoint.is_some();
-        if pending_checkpoint {
-            self.commit(&mut p, CommitObjects::AtCheckpoint);
-        } else {
-            self.commit(&mut p, CommitObjects::None);
-        }
+        let objects = Self::riders(&p);
+        self.commit(&mut p, objects);
         p.unstaged.clear();
         p.unstaged_count = 0;
         p.unstaged_bytes = 0;
@@ -195,11 +192,7 @@ impl StepEvents {
     /// answered only once it is durable.
     pub fn commit_now(&self) -> Result<(), StoreError> {
         let mut p = self.pending();
-        let objects = if p.checkpoint.is_some() {
-            CommitObjects::AtCheckpoint
-        } else {
-            CommitObjects::None
-        };
+        let objects = Self::riders(&p);
         self.commit(&mut p, objects);
         p.failure.clone().map_or(Ok(()), Err)
     }
@@ -392,6 +385,18 @@ impl StepEvents {
             || p.last_flush.is_none_or(|t| t.elapsed() >= FLUSH_EVERY)
     }
 
+    /// What a commit of logs and progress takes with it: the checkpoint waiting in memory
+    /// (and the results before it), if there is one. The commit waits for the disk anyway, and
+    /// a handler that reports progress just before each checkpoint would otherwise pay two
+    /// such waits back to back, one for the progress, one for the checkpoint.
+    fn riders(p: &Pending) -> CommitObjects {
+        if p.checkpoint.is_some() {
+            CommitObjects::AtCheckpoint
+        } else {
+            CommitObjects::None
+        }
+    }
+
     /// Count `results` after those staged so far; they are written to the store in batches.
     fn stage(&self, p: &mut Pending, results: Vec<ObjectResult>) {
         let staged = &mut p.staged;
@@ -437,7 +442,8 @@ impl JobEvents for StepEvents {
         p.log_bytes += message.len();
         p.logs.push((level, message));
         if Self::due(&p) {
-            self.commit(&mut p, CommitObjects::None);
+            let riders = Self::riders(&p);
+            self.commit(&mut p, riders);
         }
     }
 
@@ -446,7 +452,8 @@ impl JobEvents for StepEvents {
         p.progress = Some((done, total, current_object));
         p.progress_dirty = true;
         if Self::due(&p) {
-            self.commit(&mut p, CommitObjects::None);
+            let riders = Self::riders(&p);
+            self.commit(&mut p, riders);
         }
     }
 

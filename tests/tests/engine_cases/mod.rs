@@ -599,3 +599,41 @@ fn two_recoveries_at_once_resume_an_interrupted_job_once() {
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!(done.completed_objects, 60, "every object once");
 }
+
+#[test]
+fn a_commit_of_progress_takes_the_checkpoint_waiting_in_memory_with_it() {
+    use plover_host::engine::handle::RunControl;
+    use plover_host::engine::tracking::{CHECKPOINT_EVERY, FLUSH_EVERY, StepEvents};
+    use plover_host::model::{ObjectResult, ObjectStatus};
+    use plover_host::runtime::JobEvents;
+
+    let env = env();
+    let job = env.stepper(json!([{ "id": "a" }]), json!({})).unwrap();
+    let _lease = env.engine.hold_lease(&job.id).unwrap();
+    let handle = env.engine.job_handle(&job.id).unwrap();
+    let events = StepEvents::new(handle.clone(), Arc::new(RunControl::default()), "a");
+    let result = |n: u32| ObjectResult {
+        name: format!("o{n}"),
+        object_type: "key".into(),
+        status: ObjectStatus::Success,
+        error: None,
+        duration_micros: 0,
+    };
+    let committed = || env.engine.snapshot(&job.id).unwrap().completed_objects;
+    let started = std::time::Instant::now();
+    events.objects(vec![result(1)]).unwrap();
+    events.checkpoint(b"1".to_vec()); // the step's first: committed at once
+    events.objects(vec![result(2)]).unwrap();
+    events.checkpoint(b"2".to_vec()); // too soon after it: waits in memory
+    if started.elapsed() < CHECKPOINT_EVERY {
+        assert_eq!(committed(), 1, "the second checkpoint waits");
+    }
+    std::thread::sleep(FLUSH_EVERY + Duration::from_millis(20));
+    // Progress comes due and its commit carries the waiting checkpoint, instead of leaving
+    // it for a second commit right after.
+    events.progress(2, Some(2), Some("o2".into()));
+    assert_eq!(committed(), 2);
+    let step = handle.lock().step("a").cloned().unwrap();
+    assert_eq!(step.checkpoint.as_deref(), Some(&b"2"[..]));
+    assert_eq!(step.progress_done, 2);
+}
