@@ -144,6 +144,10 @@ fn execute(setup: RunSetup) {
     let record = handle.record();
     let options = record.options.clone();
     let plan = record.plan.clone();
+    // A run that retries a partial job's failed objects does not roll back on failure: the
+    // job was already usable, and undoing all of it because a few objects failed again (or
+    // the handler refused to retry them) would destroy what the operator accepted.
+    let auto_rollback = options.auto_rollback && !record.steps.iter().any(|s| s.retry.is_some());
     let run_started = Instant::now();
     spawn_watchdog(&setup, record.executing_ms_before);
 
@@ -268,15 +272,20 @@ fn execute(setup: RunSetup) {
                         message: reason.clone(),
                     });
                 }
-                if !options.auto_rollback {
+                if !auto_rollback {
                     rec.ended_at = Some(Utc::now());
-                    events.push(move_to(rec, JobStatus::Failed, reason.clone()));
+                    let reason = if options.auto_rollback {
+                        format!("{reason} while retrying failed objects; not rolled back automatically (retry, or roll back explicitly)")
+                    } else {
+                        reason.clone()
+                    };
+                    events.push(move_to(rec, JobStatus::Failed, reason));
                 }
             }
         }
         (events, ())
     });
-    if outcome.is_err() && options.auto_rollback && !control.is_handing_off() {
+    if outcome.is_err() && auto_rollback && !control.is_handing_off() {
         let moved = handle.update(|rec| {
             (
                 vec![move_to(

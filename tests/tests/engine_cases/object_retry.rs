@@ -190,3 +190,68 @@ fn a_retry_that_fails_midway_goes_on_with_only_the_objects_not_yet_redone() {
         "only k1000 was handed over again"
     );
 }
+
+#[test]
+fn a_retry_of_failed_objects_that_fails_does_not_roll_the_job_back() {
+    let env = env();
+    // Default options: a failure rolls back automatically, except in a retry of objects.
+    let job = tolerant_copy(&env, &[("a", "1"), ("b", "bad")], json!({}));
+    env.engine.execute(&job.id, "ops").unwrap();
+    assert_eq!(env.settle(&job.id).status, JobStatus::Partial);
+    let copied = || {
+        env.buckets
+            .open("tolerant-dst")
+            .unwrap()
+            .scan("", None, 100)
+            .unwrap()
+            .entries
+    };
+    assert_eq!(copied().len(), 1);
+
+    set(&env, "b", "boom");
+    env.engine.retry_objects(&job.id, "ops", None).unwrap();
+    let failed = env.settle(&job.id);
+    assert_eq!(failed.status, JobStatus::Failed, "{:?}", failed.errors);
+    assert!(
+        env.states(&job.id)
+            .iter()
+            .all(|s| *s != JobStatus::RollingBack),
+        "never rolled back"
+    );
+    assert_eq!(copied().len(), 1, "what the first run copied stays");
+    assert!(
+        failed.errors.iter().any(|e| e.message.contains("'boom'")),
+        "{:?}",
+        failed.errors
+    );
+    let reasons: Vec<String> = env
+        .engine
+        .events_after(&job.id, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::State {
+                to: JobStatus::Failed,
+                reason,
+                ..
+            } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reasons[0].contains("not rolled back automatically"),
+        "{reasons:?}"
+    );
+
+    // The operator can still go on: fix the value and retry, or roll back.
+    set(&env, "b", "2");
+    env.engine.retry(&job.id, "ops").unwrap();
+    let finished = env.settle(&job.id);
+    assert_eq!(
+        finished.status,
+        JobStatus::Completed,
+        "{:?}",
+        finished.errors
+    );
+    assert_eq!(copied().len(), 2);
+}
