@@ -10,10 +10,7 @@
 //!     "risk": "medium", "estimated_duration_ms": 60000 } }
 //! ```
 
-wit_bindgen::generate!({ path: "../../wit/v0.2.0", world: "handler-plugin" });
-
-use exports::plover::migration::handler::Guest;
-use plover::migration::types::*;
+use plover_sdk::prelude::*;
 use serde::Deserialize;
 
 /// At most this many steps: the host refuses larger plans anyway, this names the cause first.
@@ -59,15 +56,10 @@ fn yes() -> bool {
 }
 
 fn invalid(message: String) -> MigrationError {
-    MigrationError {
-        kind: ErrorKind::InvalidSpec,
-        message,
-        retryable: false,
-        recovery: vec![RecoveryAction {
-            action: "fix-parameters".into(),
-            description: "send parameters.steps: a list of steps, each with an id and the worker queue that runs it".into(),
-        }],
-    }
+    MigrationError::invalid_spec(message).with_recovery(
+        "fix-parameters",
+        "send parameters.steps: a list of steps, each with an id and the worker queue that runs it",
+    )
 }
 
 fn step_kind(name: Option<&str>) -> Result<StepKind, String> {
@@ -125,20 +117,15 @@ fn plan_from(spec: &MigrationSpec) -> Result<MigrationPlan, String> {
 }
 
 fn not_here(step: &PlanStep) -> MigrationError {
-    MigrationError {
-        kind: ErrorKind::StepFailed,
-        message: format!(
-            "step '{}' runs on a worker queue; worker-plan has no code of its own to run it",
-            step.id
-        ),
-        retryable: false,
-        recovery: vec![],
-    }
+    MigrationError::step_failed(format!(
+        "step '{}' runs on a worker queue; worker-plan has no code of its own to run it",
+        step.id
+    ))
 }
 
 struct WorkerPlan;
 
-impl Guest for WorkerPlan {
+impl Handler for WorkerPlan {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "worker-plan".into(),
@@ -178,7 +165,6 @@ impl Guest for WorkerPlan {
         _spec: MigrationSpec,
         step: PlanStep,
         _checkpoint: Option<Vec<u8>>,
-        _objects: Option<Vec<String>>,
     ) -> Result<StepReport, MigrationError> {
         Err(not_here(&step))
     }
@@ -188,4 +174,4 @@ impl Guest for WorkerPlan {
     }
 }
 
-export!(WorkerPlan);
+plover_sdk::export_handler!(WorkerPlan);
