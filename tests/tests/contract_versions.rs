@@ -228,3 +228,27 @@ fn a_0_1_1_plugin_keeps_every_0_1_1_import_through_the_adapter() {
     assert_eq!(undone[0].summary, "deleted 3");
     assert!(target.keys().is_empty());
 }
+
+#[test]
+fn an_sdk_handler_that_ends_partial_without_execute_objects_refuses_the_retry_by_default() {
+    let h = TestHarness::load(artifacts::PROBE).unwrap();
+    let spec = h.spec("probe", json!({ "partial": true }));
+    let plan = h.plan(&spec).unwrap();
+    let report = h.execute(&spec, &plan.steps[0], None).unwrap();
+    assert_eq!(report.outcome, StepOutcome::Partial);
+    let objects = h.events.object_count();
+    match h.execute_objects(&spec, &plan.steps[0], &["x".to_string()]) {
+        Err(HarnessError::Handler(e)) => {
+            assert_eq!(e.kind, ErrorKind::InvalidSpec);
+            assert!(
+                e.message
+                    .contains("cannot re-run single objects of step 'noop'"),
+                "{}",
+                e.message
+            );
+            assert_eq!(e.recovery[0].action, "retry-step");
+        }
+        other => panic!("expected the SDK's refusal, got {other:?}"),
+    }
+    assert_eq!(h.events.object_count(), objects, "nothing was recorded");
+}
