@@ -18,6 +18,7 @@
 //! - [`api`]: the HTTP API (axum), live progress over SSE, bearer-token roles.
 //! - [`console`]: the operator web console at `/`, embedded assets over the same API.
 //! - [`server`], [`config`], [`cli`]: the `plover` binary, a thin layer over the above.
+//! - [`allocator`]: the binary's global allocator (mimalloc, eager arena commit off).
 //! - [`testing`]: run a handler in-process over in-memory buckets, for plugin authors.
 //!
 //! Features: `server` (the default) is everything above; without it (`default-features =
@@ -25,6 +26,8 @@
 //! [`metrics`] and [`testing`]: what a plugin's `cargo test` needs, without the HTTP server,
 //! the CLI, the console, the engine or the job stores and their dependencies.
 
+#[cfg(feature = "server")]
+pub mod allocator;
 #[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]

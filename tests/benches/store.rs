@@ -193,9 +193,10 @@ fn main() {
         large = n.parse().expect("--jobs takes a number");
     }
     println!(
-        "plover store benchmark ({} mode, {}; request costs are medians of 200)",
+        "plover store benchmark ({} mode, {}; request costs are medians of 200; allocator: {})",
         if quick { "quick" } else { "full" },
-        if postgres { "PostgreSQL" } else { "sled" }
+        if postgres { "PostgreSQL" } else { "sled" },
+        plover_tests::bench::allocator_in_use(),
     );
     // Planned jobs only (created, never run).
     let planned_dir = tempfile::tempdir().unwrap();

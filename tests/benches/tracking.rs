@@ -5,7 +5,10 @@
 //! job store on the local PostgreSQL as a node of a cluster (every commit fenced by the job's
 //! lease and announced to other nodes), beside the embedded store.
 //!
-//! Run: `cargo bench -p plover-tests --bench tracking` (add `-- --quick` for a smoke run).
+//! Run: `cargo bench -p plover-tests --bench tracking` (add `-- --quick` for a smoke run,
+//! `-- --uncompressed` for sled without page compression, `-- --reps N` for N copies of each
+//! kind, `--features system-allocator` to measure under the system allocator instead of the
+//! binary's).
 
 use plover_host::cluster::{Cluster, ClusterConfig};
 use plover_host::connectors::{
@@ -163,22 +166,42 @@ fn copy(
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let with_postgres = std::env::args().any(|a| a == "--postgres");
+    let uncompressed = std::env::args().any(|a| a == "--uncompressed");
     let objects: usize = if quick { 10_000 } else { 100_000 };
-    let reps = if quick { 3 } else { 9 };
+    // One copy's time varies by about ±20 % on these machines: `--reps 30` resolves a few
+    // percent where the default only shows the trend.
+    let args: Vec<String> = std::env::args().collect();
+    let reps = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse().expect("--reps takes a number"))
+        .unwrap_or(if quick { 3 } else { 9 });
     println!(
-        "plover tracking benchmark ({} mode; medians of {reps})",
-        if quick { "quick" } else { "full" }
+        "plover tracking benchmark ({} mode; medians of {reps}; sled {}; allocator: {})",
+        if quick { "quick" } else { "full" },
+        if uncompressed {
+            "uncompressed"
+        } else {
+            "as the server opens it"
+        },
+        plover_tests::bench::allocator_in_use(),
     );
 
     let dir = tempfile::tempdir().unwrap();
-    // As the server opens its database (compressed pages), with a smaller cache.
-    let db = sled::Config::new()
-        .path(dir.path())
-        .use_compression(std::env::var_os("ZSTD").is_some())
-        .compression_factor(1)
-        .cache_capacity(256 << 20)
-        .open()
-        .unwrap();
+    // As the server opens its database (compressed pages, the default page-cache budget), or
+    // with `--uncompressed` uncompressed with a large cache: cheaper pages, so whatever
+    // tracking adds weighs more.
+    let db = if uncompressed {
+        sled::Config::new()
+            .path(dir.path())
+            .use_compression(false)
+            .cache_capacity(256 << 20)
+            .open()
+            .unwrap()
+    } else {
+        plover_host::store::open_database(dir.path()).unwrap()
+    };
     let buckets = SledBuckets::new(db.clone());
     let source: Arc<dyn KvBucket> = buckets.open("source").unwrap();
     let entries: Vec<(String, Vec<u8>)> = (0..objects)
@@ -236,6 +259,13 @@ fn main() {
     }
     let rate = |d: Duration| objects as f64 / d.as_secs_f64();
     for (s, (without, with)) in setups.iter().zip(samples) {
+        let ms = |d: &Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
+        println!(
+            "{:8} samples, ms: off {} / on {}",
+            s.name,
+            without.iter().map(ms).collect::<Vec<_>>().join(" "),
+            with.iter().map(ms).collect::<Vec<_>>().join(" ")
+        );
         let (with, without) = (median(with), median(without));
         println!(
             "{:8} kv-copy {objects} objects, tracking off: {:>8.1} ms ({:.0} objects/s)",

@@ -4,6 +4,12 @@
 //! build script: the bundled plugins (`KV_COPY`, `CONFIG_UPGRADE`) and the fixtures
 //! (`MISBEHAVE`, `PROBE`, `NOT_A_HANDLER`, `FUTURE_CONTRACT`).
 
+/// The `plover` binary's allocator, so that in-process tests and benchmarks measure what the
+/// server runs (feature `system-allocator`: the system's, for comparison in benchmarks).
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: plover_host::allocator::PloverAllocator = plover_host::allocator::PloverAllocator;
+
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
@@ -13,6 +19,15 @@ pub mod browser;
 /// Helpers the benchmarks share.
 pub mod bench {
     use std::time::Duration;
+
+    /// Which allocator serves this process, for benchmark headers.
+    pub fn allocator_in_use() -> String {
+        let probe = Box::new(0u64);
+        match plover_host::allocator::describe(&*probe as *const u64 as *const u8) {
+            (true, eager_commit) => format!("mimalloc, arena eager commit {eager_commit}"),
+            (false, _) => "the system's".into(),
+        }
+    }
 
     /// The median of `samples` (the upper one of an even count).
     pub fn median(mut samples: Vec<Duration>) -> Duration {
