@@ -21,7 +21,7 @@ use plover_tests::services::Schema;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod control;
 mod failures;
@@ -345,7 +345,8 @@ fn progress_moves_with_the_work_reaches_100_only_at_the_end_and_the_eta_converge
         .unwrap();
     assert_eq!(job.total_objects, Some(36));
     env.engine.execute(&job.id, "ops").unwrap();
-    let mut samples: Vec<(f64, Option<u64>)> = vec![];
+    // (percentage, ETA, when it was read)
+    let mut samples: Vec<(f64, Option<u64>, Instant)> = vec![];
     loop {
         let s = env.engine.snapshot(&job.id).unwrap();
         // Once every step completed, the job's own completion is the next commit.
@@ -354,38 +355,49 @@ fn progress_moves_with_the_work_reaches_100_only_at_the_end_and_the_eta_converge
         {
             break;
         }
-        samples.push((s.percentage, s.estimated_seconds_remaining));
+        samples.push((s.percentage, s.estimated_seconds_remaining, Instant::now()));
         std::thread::sleep(Duration::from_millis(20));
     }
+    let finished = Instant::now();
     let done = env.settle(&job.id);
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!(done.percentage, 100.0);
+    let shown: Vec<(f64, Option<u64>)> = samples.iter().map(|(p, e, _)| (*p, *e)).collect();
     assert!(samples.len() > 20, "{} samples", samples.len());
     assert!(
-        samples.windows(2).all(|w| w[0].0 <= w[1].0),
-        "the bar never goes back: {samples:?}"
+        shown.windows(2).all(|w| w[0].0 <= w[1].0),
+        "the bar never goes back: {shown:?}"
     );
     assert!(
-        samples.iter().all(|(p, _)| *p < 100.0),
+        shown.iter().all(|(p, _)| *p < 100.0),
         "100 only once every step completed"
     );
     let distinct: std::collections::BTreeSet<u64> =
-        samples.iter().map(|(p, _)| (*p * 10.0) as u64).collect();
+        shown.iter().map(|(p, _)| (*p * 10.0) as u64).collect();
     assert!(
         distinct.len() >= 10,
         "the bar moves with each batch, not only per step: {distinct:?}"
     );
-    // Early ETAs (at about a quarter) are not below late ones (at about three quarters).
-    let eta_near = |pct: f64| {
+    // The highest ETA shown near a quarter and near three quarters of the work, with the time
+    // that was in fact left then. A loaded machine slows the job and its ETA alike, so the
+    // accuracy is judged against the measured rest, never against a fixed number of seconds.
+    let worst_eta_near = |pct: f64| {
         samples
             .iter()
-            .filter(|(p, e)| e.is_some() && (*p - pct).abs() < 10.0)
-            .map(|(_, e)| e.unwrap())
-            .max()
+            .filter(|(p, e, _)| e.is_some() && (*p - pct).abs() < 10.0)
+            .map(|(_, e, at)| (e.unwrap(), finished.duration_since(*at).as_secs_f64()))
+            .max_by_key(|(eta, _)| *eta)
+            .unwrap_or_else(|| panic!("no ETA near {pct}%: {shown:?}"))
     };
-    let (early, late) = (eta_near(25.0).unwrap(), eta_near(75.0).unwrap());
-    assert!(late <= early, "the ETA rose from {early}s to {late}s");
-    assert!(early <= 4, "at a quarter of ~3.4s of work: {early}s");
+    let ((early, early_left), (late, _)) = (worst_eta_near(25.0), worst_eta_near(75.0));
+    assert!(
+        late <= early,
+        "the ETA rose from {early}s to {late}s: {shown:?}"
+    );
+    assert!(
+        early as f64 <= 2.0 * early_left + 1.0,
+        "{early}s shown at a quarter with {early_left:.1}s left: {shown:?}"
+    );
 }
 
 #[test]
